@@ -1,0 +1,40 @@
+# rawdrift: two commands do everything on a fresh machine.
+#   make repro   venv + the whole DVC pipeline on the embedded synthetic data (default profile)
+#   make test    venv + the test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+# The paper protocol (256 px tiles, 940 / 548 images, 5 splits): `make repro-paper`.
+PAPER_SETS := -S data.microscopy.count=940 -S data.microscopy.tile=256 \
+              -S data.drone.count=548 -S data.drone.tile=256 -S data.folds=5
+
+.PHONY: venv repro repro-paper test test-all clean-venv
+
+venv: $(STAMP)
+
+# torch/torchvision: the exact builds pinned in requirements.txt; `--only-binary` keeps
+# pip from building anything, the pins keep any resolver from pulling another torch.
+$(STAMP): requirements.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q --only-binary=torch,torchvision -r requirements.txt
+	touch $(STAMP)
+
+repro: $(STAMP)
+	test -d .dvc || $(BIN)/dvc init -q
+	$(BIN)/dvc repro
+
+repro-paper: $(STAMP)
+	$(BIN)/dvc exp run $(PAPER_SETS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,255 @@
+"""The parametrized, differentiable data model (paper appendix A.1.2) in torch.
+
+Every step of the static view ``bi_s_ga`` becomes a function of its parameters:
+
+=================  ===========  ==============================================
+group              shape        initial value
+=================  ===========  ==============================================
+black_level        (4,)         camera black level (R, G, G, B sites)
+demosaic           (3, 3, 3)    bilinear kernels for R, G, B (facts.md)
+white_balance      (3,)         camera white balance
+colour_matrix      (3, 3)       camera colour matrix
+sharpening         (3, 3)       K_SHARP (eq. 17), applied to luma
+denoising          (5, 5)       Gaussian sigma 0.5, scipy truncate 4 (radius 2)
+gamma              (1,)         2.2
+=================  ===========  ==============================================
+
+All kernels act as true convolutions (kernel flipped), like ``scipy.ndimage.convolve`` and
+``scipy.signal.convolve2d``, and with the border handling of the static reference
+functions: demosaicing and Gaussian denoising extend the image symmetrically (scipy's
+``reflect``), the sharpening filter pads with zeros. With these conventions and the initial
+parameters the module equals ``render_static(raw, camera, "bi_s_ga")`` (paper eq. 6).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from skimage.color.colorconv import rgb_from_yuv, yuv_from_rgb
+from torch import nn
+
+from rawdrift.camera import Camera
+from rawdrift.errors import RawdriftError
+from rawdrift.isp.static import GAMMA, GAUSSIAN_SIGMA, K_SHARP
+
+#: Bilinear demosaicing kernels (R, G, B) for the zero-filled per-channel mosaic.
+K_BILINEAR_RB = np.array([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 4.0
+K_BILINEAR_G = np.array([[0.0, 1.0, 0.0], [1.0, 4.0, 1.0], [0.0, 1.0, 0.0]]) / 4.0
+
+#: Below this value the gamma gradient is taken at GAMMA_GRAD_FLOOR (see ClippedGamma).
+GAMMA_GRAD_FLOOR: float = 1e-5
+
+#: Parameter groups of :class:`ParametrizedISP` in pipeline order (names of its nn.Parameters).
+PARAMETER_GROUPS: tuple[str, ...] = (
+    "black_level", "demosaic", "white_balance", "colour_matrix", "sharpening", "denoising", "gamma")
+
+
+def gaussian_kernel_2d(sigma: float = GAUSSIAN_SIGMA, truncate: float = 4.0) -> np.ndarray:
+    """The 2-D kernel that ``scipy.ndimage.gaussian_filter(sigma, truncate)`` applies.
+
+    Returns an odd square array with radius ``int(truncate * sigma + 0.5)`` summing to 1.
+    """
+    radius = int(truncate * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (x / sigma) ** 2)
+    k /= k.sum()
+    return np.outer(k, k)
+
+
+def pad_symmetric(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Pad the last two dims by ``pad`` mirroring the edge sample (scipy ``reflect``: d c b a | a b c d).
+
+    Differentiable (an index gather); needs ``pad <= H, W``.
+    """
+    if pad == 0:
+        return x
+    h, w = x.shape[-2:]
+    if pad > h or pad > w:
+        raise RawdriftError(f"image {h}x{w} too small for a symmetric pad of {pad}")
+    iy = torch.as_tensor(np.pad(np.arange(h), pad, mode="symmetric"), device=x.device)
+    ix = torch.as_tensor(np.pad(np.arange(w), pad, mode="symmetric"), device=x.device)
+    return x.index_select(-2, iy).index_select(-1, ix)
+
+
+def _conv_same(x: torch.Tensor, kernel: torch.Tensor, padding: str) -> torch.Tensor:
+    """True 2-D convolution of (B, C, H, W) with per-channel kernels (C, k, k), 'same' size.
+
+    ``padding`` is ``"symmetric"`` or ``"zeros"``.
+    """
+    c, k = kernel.shape[0], kernel.shape[-1]
+    weight = torch.flip(kernel, dims=(-2, -1)).reshape(c, 1, k, k)
+    p = k // 2
+    if padding == "symmetric":
+        return F.conv2d(pad_symmetric(x, p), weight, groups=c)
+    return F.conv2d(x, weight, padding=p, groups=c)
+
+
+class ClippedGamma(torch.autograd.Function):
+    """``clip(x, 0, 1) ** (1 / gamma)`` with an exact forward pass and a bounded gradient.
+
+    The forward pass clips at 0 and 1 exactly (no epsilon), so the static model is
+    reproduced. The derivative ``d/dx = x**(1/gamma - 1) / gamma`` diverges at 0; for
+    ``0 < x < GAMMA_GRAD_FLOOR`` it is evaluated at ``GAMMA_GRAD_FLOOR`` instead (the
+    original implementation moved the forward value there; here only the gradient is
+    approximated, for 0.001 % of the range). Outside (0, 1) the input gradient is 0, as the
+    clip is flat there; the gamma gradient ``-y ln(x) / gamma**2`` is 0 at x <= 0 and x >= 1.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        xc = x.clamp(0.0, 1.0)
+        y = xc ** (1.0 / gamma)
+        ctx.save_for_backward(x, gamma, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, gamma, y = ctx.saved_tensors
+        inside = (x > 0) & (x < 1)
+        xf = x.clamp(min=GAMMA_GRAD_FLOOR, max=1.0)
+        grad_x = grad_x_all = None
+        if ctx.needs_input_grad[0]:
+            grad_x_all = xf ** (1.0 / gamma - 1.0) / gamma
+            grad_x = torch.where(inside, grad_out * grad_x_all, torch.zeros_like(grad_out))
+        grad_g = None
+        if ctx.needs_input_grad[1]:
+            dg = torch.where(inside, -y * torch.log(xf) / gamma**2, torch.zeros_like(y))
+            grad_g = (grad_out * dg).sum().reshape(gamma.shape)
+        return grad_x, grad_g
+
+
+def clipped_gamma(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """Phi_GC: ``clip(x, 0, 1) ** (1 / gamma)`` with a finite gradient; see :class:`ClippedGamma`."""
+    return ClippedGamma.apply(x, gamma)
+
+
+def black_level_correct(raw: torch.Tensor, black_level: torch.Tensor) -> torch.Tensor:
+    """Phi_BL: (B, H, W) RGGB mosaic minus per-site black level (4,) -> (B, H, W)."""
+    b, h, w = raw.shape
+    tile = black_level.reshape(2, 2).repeat(h // 2, w // 2)
+    return raw - tile
+
+
+def bayer_masks(h: int, w: int, device=None, dtype=None) -> torch.Tensor:
+    """RGGB masks (3, H, W): 1 where the mosaic samples R, G, B respectively."""
+    m = torch.zeros(3, h, w, device=device, dtype=dtype)
+    m[0, 0::2, 0::2] = 1
+    m[1, 0::2, 1::2] = 1
+    m[1, 1::2, 0::2] = 1
+    m[2, 1::2, 1::2] = 1
+    return m
+
+
+def demosaic_conv(mosaic: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """Phi_DM^para: (B, H, W) mosaic, kernels (3, k, k) -> (B, 3, H, W).
+
+    The mosaic is split into zero-filled R, G, B planes and each is convolved with its
+    kernel (symmetric border); the bilinear kernels give colour-demosaicing's bilinear result.
+    """
+    masks = bayer_masks(mosaic.shape[-2], mosaic.shape[-1], mosaic.device, mosaic.dtype)
+    planes = mosaic.unsqueeze(1) * masks
+    return _conv_same(planes, kernels, "symmetric")
+
+
+def colour_transform(rgb: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Apply a 3x3 matrix to the channel axis of (B, 3, H, W): ``v[c] = sum_k M[c, k] v[k]``."""
+    return torch.einsum("ck,bkhw->bchw", matrix, rgb)
+
+
+def process(raw: torch.Tensor, black_level: torch.Tensor, demosaic: torch.Tensor,
+            white_balance: torch.Tensor, colour_matrix: torch.Tensor, sharpening: torch.Tensor,
+            denoising: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """Functional parametrized data model (eq. 8).
+
+    Args:
+        raw: (B, H, W) float in [0, 1], RGGB, even H and W >= 4.
+        black_level: (4,); demosaic: (3, 3, 3); white_balance: (3,); colour_matrix: (3, 3);
+        sharpening: (3, 3); denoising: (5, 5); gamma: (1,), > 0.
+
+    Returns:
+        (B, 3, H, W) in [0, 1].
+    """
+    v = black_level_correct(raw, black_level)
+    v = demosaic_conv(v, demosaic)
+    v = v * white_balance.reshape(1, 3, 1, 1)
+    v = colour_transform(v, colour_matrix)
+    yuv_m = torch.as_tensor(yuv_from_rgb, dtype=v.dtype, device=v.device)
+    rgb_m = torch.as_tensor(rgb_from_yuv, dtype=v.dtype, device=v.device)
+    yuv = colour_transform(v, yuv_m)
+    y = _conv_same(yuv[:, :1], sharpening.unsqueeze(0), "zeros")
+    y = _conv_same(y, denoising.unsqueeze(0), "symmetric")
+    v = colour_transform(torch.cat([y, yuv[:, 1:]], dim=1), rgb_m)
+    return clipped_gamma(v, gamma)
+
+
+def check_raw_batch(raw: torch.Tensor) -> None:
+    """Boundary checks for :func:`process`: (B, H, W), floating, even sides, finite."""
+    if not isinstance(raw, torch.Tensor):
+        raise RawdriftError(f"raw: expected a torch.Tensor, got {type(raw).__name__}")
+    if raw.ndim != 3:
+        raise RawdriftError(f"raw: expected shape (B, H, W), got {tuple(raw.shape)}")
+    if not raw.is_floating_point():
+        raise RawdriftError(f"raw: expected a floating tensor in [0, 1], got {raw.dtype}")
+    h, w = raw.shape[-2:]
+    if h < 4 or w < 4 or h % 2 or w % 2:
+        raise RawdriftError(f"raw: sides must be even and >= 4 for an RGGB mosaic, got {h}x{w}")
+
+
+class ParametrizedISP(nn.Module):
+    """Differentiable data model; at its initial parameters it reproduces view ``bi_s_ga``.
+
+    Args:
+        camera: initial black level, white balance and colour matrix.
+        dtype: parameter dtype (float32 default; ``.double()`` for float64).
+
+    ``forward(raw)``: (B, H, W) float in [0, 1] -> (B, 3, H, W) in [0, 1].
+    Parameters are named after :data:`PARAMETER_GROUPS`.
+    """
+
+    def __init__(self, camera: Camera, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.camera = camera
+
+        def p(values) -> nn.Parameter:
+            return nn.Parameter(torch.as_tensor(np.asarray(values, dtype=np.float64), dtype=dtype))
+
+        self.black_level = p(camera.black_level)
+        self.demosaic = p(np.stack([K_BILINEAR_RB, K_BILINEAR_G, K_BILINEAR_RB]))
+        self.white_balance = p(camera.white_balance)
+        self.colour_matrix = p(camera.colour_matrix)
+        self.sharpening = p(K_SHARP)
+        self.denoising = p(gaussian_kernel_2d())
+        self.gamma = p([GAMMA])
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        check_raw_batch(raw)
+        return process(raw.to(self.gamma.dtype), self.black_level, self.demosaic, self.white_balance,
+                       self.colour_matrix, self.sharpening, self.denoising, self.gamma)
+
+    def group_parameters(self, groups) -> list[nn.Parameter]:
+        """The nn.Parameters of the named groups (``"all"`` for every group)."""
+        if isinstance(groups, str):
+            groups = PARAMETER_GROUPS if groups == "all" else (groups,)
+        unknown = [g for g in groups if g not in PARAMETER_GROUPS]
+        if unknown:
+            raise RawdriftError(f"unknown parameter group(s) {unknown}; expected {list(PARAMETER_GROUPS)}")
+        return [getattr(self, g) for g in groups]
+
+    def to_dict(self) -> dict[str, list]:
+        """Current parameters as nested lists (JSON-ready), keyed by group."""
+        return {g: getattr(self, g).detach().cpu().double().tolist() for g in PARAMETER_GROUPS}
+
+    def load_dict(self, values: dict) -> "ParametrizedISP":
+        """Set parameters from :meth:`to_dict` output; shapes are checked."""
+        with torch.no_grad():
+            for g in PARAMETER_GROUPS:
+                if g not in values:
+                    raise RawdriftError(f"ISP parameters: missing group {g!r}")
+                t = torch.as_tensor(values[g], dtype=self.gamma.dtype)
+                param = getattr(self, g)
+                if t.shape != param.shape:
+                    raise RawdriftError(
+                        f"ISP parameters: group {g!r} has shape {tuple(t.shape)}, expected {tuple(param.shape)}")
+                param.copy_(t)
+        return self

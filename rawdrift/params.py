@@ -1,0 +1,90 @@
+"""Reading and validating ``params.yaml``; errors name the param."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rawdrift.errors import RawdriftError
+
+DATASETS: tuple[str, ...] = ("microscopy", "drone")
+SOURCES: tuple[str, ...] = ("synthetic",)
+
+
+def load_params(path: str | Path = "params.yaml") -> dict:
+    """Parse params.yaml into a dict; a missing or malformed file is a one-line error."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise RawdriftError(f"{path}: file not found") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise RawdriftError(f"{path}: malformed YAML{where}") from None
+    if not isinstance(data, dict):
+        raise RawdriftError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def get(params: dict, dotted: str) -> Any:
+    """``get(p, "data.microscopy.count")``; a missing key names the param."""
+    node: Any = params
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise RawdriftError(f"params.yaml: missing param {dotted}")
+        node = node[part]
+    return node
+
+
+def workers() -> int:
+    """CPU worker processes from ``RAWDRIFT_WORKERS`` (default 0 = all cores).
+
+    An execution resource, not a param: results do not depend on it, so changing it must
+    not make DVC rerun anything.
+    """
+    raw = os.environ.get("RAWDRIFT_WORKERS", "0")
+    try:
+        value = int(raw)
+    except ValueError:
+        raise RawdriftError(f"RAWDRIFT_WORKERS must be an integer >= 0, got {raw!r}") from None
+    if value < 0:
+        raise RawdriftError(f"RAWDRIFT_WORKERS must be an integer >= 0, got {raw!r}")
+    return value
+
+
+def check_dataset(name: str) -> str:
+    if name not in DATASETS:
+        raise RawdriftError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+    return name
+
+
+def int_param(params: dict, dotted: str, low: int | None = None, high: int | None = None) -> int:
+    """An integer param within [low, high]."""
+    value = get(params, dotted)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RawdriftError(f"params.yaml: {dotted} must be an integer, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+        raise RawdriftError(f"params.yaml: {dotted} must lie in {bounds}, got {value}")
+    return value
+
+
+def ratios_param(params: dict, dotted: str) -> list[float]:
+    """A list of exposure ratios, each in (0, 1], including 1.0 (the reference)."""
+    values = get(params, dotted)
+    if not isinstance(values, list) or not values:
+        raise RawdriftError(f"params.yaml: {dotted} must be a non-empty list of ratios in (0, 1]")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < float(v) <= 1):
+            raise RawdriftError(f"params.yaml: {dotted} entries must lie in (0, 1], got {v!r}")
+        out.append(float(v))
+    if 1.0 not in out:
+        raise RawdriftError(f"params.yaml: {dotted} must include the reference exposure 1.0")
+    if len(set(round(v * 100) for v in out)) != len(out):
+        raise RawdriftError(f"params.yaml: {dotted} has ratios that share a name (percent, rounded)")
+    return sorted(out)

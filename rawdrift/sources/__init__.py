@@ -1,0 +1,1 @@
+"""Where raw data comes from: ``synthetic`` (embedded default); the on-disk format is in ``store``."""

@@ -1,0 +1,41 @@
+"""Stage render@<dataset>: the 12 static views of the reference-exposure raw, and the views figure.
+
+Usage: python stages/render.py <dataset>
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rawdrift import params as P  # noqa: E402
+from rawdrift.errors import RawdriftError  # noqa: E402
+from rawdrift.reports import views_figure  # noqa: E402
+from rawdrift.rendering import render_stack  # noqa: E402
+from rawdrift.sensor import intensity_name  # noqa: E402
+from rawdrift.sources.store import load_raw_dataset  # noqa: E402
+from stages._cli import run  # noqa: E402
+
+
+def main(argv: list[str]) -> str:
+    if len(argv) != 1:
+        raise RawdriftError("usage: python stages/render.py <dataset>")
+    dataset = P.check_dataset(argv[0])
+    params = P.load_params()
+    workers = P.workers()
+    ds = load_raw_dataset(Path("data/raw") / dataset, verify=True)
+    views_dir = Path("data/views") / dataset
+    start = time.perf_counter()
+    info = render_stack(ds.root / f"{intensity_name(1.0)}.npy", ds.camera, views_dir, workers=workers)
+    seconds = time.perf_counter() - start
+    views_figure(ds, views_dir, Path("plots/views") / f"{dataset}.png")
+    rate = info["images"] * info["views"] / seconds
+    return (f"render@{dataset}: {info['views']} views x {info['images']} tiles, "
+            f"{rate:.1f} view-images/s with {info['workers']} worker(s)")
+
+
+if __name__ == "__main__":
+    run(main)

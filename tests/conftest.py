@@ -1,0 +1,34 @@
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def mosaic_from_rgb(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) camera RGB -> RGGB mosaic (H, W)."""
+    out = np.empty(rgb.shape[:2])
+    out[0::2, 0::2] = rgb[0::2, 0::2, 0]
+    out[0::2, 1::2] = rgb[0::2, 1::2, 1]
+    out[1::2, 0::2] = rgb[1::2, 0::2, 1]
+    out[1::2, 1::2] = rgb[1::2, 1::2, 2]
+    return out
+
+
+def photo_raw(camera, name: str = "astronaut", crop=(slice(80, 176), slice(140, 236)), scale: float = 0.8):
+    """A real photograph (shipped with scikit-image) turned into a plausible raw mosaic of ``camera``:
+    sRGB -> linear -> camera space (inverse colour transform) -> RGGB -> + black level, in [0, 1]."""
+    from skimage import data
+    img = getattr(data, name)()[crop].astype(np.float64) / 255.0
+    lin = img ** 2.2 * scale
+    camrgb = camera.camera_from_linear_rgb(lin)
+    raw = mosaic_from_rgb(camrgb) + camera.black_level_map(*img.shape[:2])
+    return np.clip(raw, 0, 1)
+
+
+@pytest.fixture(params=["microscopy", "drone"])
+def camera(request):
+    from rawdrift.camera import CAMERAS
+    return CAMERAS[request.param]
