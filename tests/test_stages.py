@@ -1,0 +1,153 @@
+"""The fetch and render stage scripts end to end, and what bad input gets."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from rawdrift.camera import Camera
+from rawdrift.errors import RawdriftError
+from rawdrift.io import atomic_dir
+from rawdrift.isp import VIEWS
+from rawdrift.sources.store import load_raw_dataset, load_view
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"seed": 1, "device": "auto",
+         "data": {"source": "synthetic", "folds": 3, "intensities": [0.1, 1.0],
+                  "microscopy": {"count": 18, "tile": 32}, "drone": {"count": 6, "tile": 32}}}
+
+
+def stage(workdir: Path, script: str, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, RAWDRIFT_WORKERS="2")
+    return subprocess.run([sys.executable, str(ROOT / "stages" / script), *args], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def project(tmp_path: Path, params: dict | str) -> Path:
+    text = params if isinstance(params, str) else yaml.safe_dump(params)
+    (tmp_path / "params.yaml").write_text(text)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def fetched(tmp_path_factory):
+    wd = project(tmp_path_factory.mktemp("proj"), SMALL)
+    for ds in ("microscopy", "drone"):
+        r = stage(wd, "fetch.py", ds)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith(f"fetch@{ds}: ")
+    return wd
+
+
+def test_fetch_then_render(fetched):
+    r = stage(fetched, "render.py", "drone")
+    assert r.returncode == 0, r.stderr
+    assert "view-images/s" in r.stdout
+    ds = load_raw_dataset(fetched / "data/raw/drone", verify=True)
+    for view in VIEWS:
+        v = load_view(fetched / "data/views/drone", view)
+        assert v.shape == (6, 3, 32, 32) and v.dtype == np.float32 and 0 <= v.min() and v.max() <= 1
+    assert (fetched / "plots/views/drone.png").stat().st_size > 10_000
+    assert not [p for p in (fetched / "data/views").iterdir() if p.name.startswith(".")]   # no temp leftovers
+    assert ds.meta["folds"] == 3
+
+
+BAD_PARAMS = [
+    ({"data": {"microscopy": {"count": -5}}}, "data.microscopy.count"),
+    ({"data": {"microscopy": {"tile": 33}}}, "data.microscopy.tile"),
+    ({"data": {"intensities": [0.5, 1.5, 1.0]}}, "data.intensities"),
+    ({"data": {"intensities": [0.0, 1.0]}}, "data.intensities"),
+    ({"data": {"source": "cloud"}}, "data.source"),
+    ({"data": {"folds": 1}}, "data.folds"),
+]
+
+
+def merge(base: dict, patch: dict) -> dict:
+    out = json.loads(json.dumps(base))
+    for k, v in patch.items():
+        out[k] = merge(out.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+@pytest.mark.parametrize("patch, name", BAD_PARAMS)
+def test_bad_params_fail_with_one_line_naming_the_param(tmp_path, patch, name):
+    wd = project(tmp_path, merge(SMALL, patch))
+    r = stage(wd, "fetch.py", "microscopy")
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and name in lines[0]
+    assert not (wd / "data/raw/microscopy").exists()
+
+
+def test_unknown_dataset_malformed_and_missing_params(tmp_path):
+    r = stage(project(tmp_path, SMALL), "fetch.py", "satellite")
+    assert r.returncode == 1 and "unknown dataset 'satellite'" in r.stderr
+    r = stage(project(tmp_path, "data: [unclosed\n"), "fetch.py", "drone")
+    assert r.returncode == 1 and "params.yaml: malformed YAML" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "params.yaml").unlink()
+    r = stage(tmp_path, "fetch.py", "drone")
+    assert r.returncode == 1 and r.stderr.strip() == "error: params.yaml: file not found"
+
+
+def test_render_reports_corrupt_and_changed_files_by_name(fetched, tmp_path):
+    wd = project(tmp_path, SMALL)
+    shutil.copytree(fetched / "data/raw/microscopy", wd / "data/raw/microscopy")
+    raw_path = wd / "data/raw/microscopy/raw_scale100.npy"
+    data = raw_path.read_bytes()
+    raw_path.write_bytes(data[: len(data) // 2])                    # truncated download
+    r = stage(wd, "render.py", "microscopy")
+    assert r.returncode == 1 and "raw_scale100.npy: checksum mismatch" in r.stderr
+    assert not (wd / "data/views/microscopy").exists()
+    with pytest.raises(RawdriftError, match="truncated or corrupt"):
+        load_raw_dataset(wd / "data/raw/microscopy").raw(1.0)
+
+
+def test_render_rejects_nan_and_wrong_bit_depth(tmp_path):
+    from rawdrift.camera import CAMERAS
+    from rawdrift.rendering import render_stack
+    np.save(tmp_path / "float.npy", np.zeros((2, 8, 8), np.float32))
+    with pytest.raises(RawdriftError, match="float.npy: expected uint16"):
+        render_stack(tmp_path / "float.npy", CAMERAS["drone"], tmp_path / "views", workers=1, progress=False)
+    np.save(tmp_path / "odd.npy", np.zeros((2, 7, 8), np.uint16))
+    with pytest.raises(RawdriftError, match="even"):
+        render_stack(tmp_path / "odd.npy", CAMERAS["drone"], tmp_path / "views", workers=1, progress=False)
+    assert not (tmp_path / "views").exists()
+
+
+def test_unknown_class_in_labels(fetched, tmp_path):
+    root = tmp_path / "m"
+    shutil.copytree(fetched / "data/raw/microscopy", root)
+    text = (root / "labels.csv").read_text().splitlines()
+    text[3] = text[3].split(",")[0] + ",XYZ"
+    (root / "labels.csv").write_text("\n".join(text) + "\n")
+    with pytest.raises(RawdriftError, match=r"labels.csv: line 4: unknown class 'XYZ'"):
+        load_raw_dataset(root).labels()
+
+
+def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "half.npy").write_bytes(b"x")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_camera_validation_and_json(tmp_path):
+    with pytest.raises(RawdriftError, match="black_level: expected 4"):
+        Camera([0.1, 0.1], [1, 1, 1], np.eye(3))
+    with pytest.raises(RawdriftError, match="singular"):
+        Camera([0] * 4, [1, 0, 1], np.eye(3))
+    with pytest.raises(RawdriftError, match="finite"):
+        Camera([0] * 4, [1, np.nan, 1], np.eye(3))
+    (tmp_path / "camera.json").write_text("{not json")
+    with pytest.raises(RawdriftError, match="camera.json: not valid JSON"):
+        Camera.load(tmp_path / "camera.json")
+    cam = Camera([0.01] * 4, [2, 1, 1.5], np.eye(3))
+    assert Camera.from_dict(json.loads(json.dumps(cam.to_dict()))) == cam
