@@ -7,13 +7,13 @@ whatever the ADC's native depth; a 12-bit ADC whose values are left-justified to
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from rawdrift.errors import RawdriftError
+from rawdrift.io import read_json
 
 #: Number of DN on the 16-bit scale that map to 1.0.
 RAW_SCALE: int = 2**16 - 1
@@ -122,13 +122,7 @@ class Camera:
     @classmethod
     def load(cls, path: str | Path) -> "Camera":
         """Read ``camera.json``; errors name the file."""
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise RawdriftError(f"{path}: file not found") from None
-        except json.JSONDecodeError as e:
-            raise RawdriftError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        d = read_json(path)
         try:
             return cls.from_dict(d)
         except RawdriftError as e:

@@ -12,6 +12,18 @@ from pathlib import Path
 from typing import Iterator
 
 
+def read_json(path: str | Path, missing_hint: str = ""):
+    """Parse a JSON file; a missing or malformed file is a RawdriftError naming it."""
+    from rawdrift.errors import RawdriftError
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RawdriftError(f"{path}: file not found{missing_hint}") from None
+    except json.JSONDecodeError as e:
+        raise RawdriftError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
 def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -42,34 +54,31 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_json(path: str | Path, obj) -> None:
-    """Write JSON atomically (temp file in the same folder, then rename)."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path`` (mode 0644),
+    on error it is removed, so ``path`` is never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
+        yield Path(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Write JSON atomically (temp file in the same folder, then rename)."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def save_figure(fig, path: str | Path, **kwargs) -> None:
     """Save a matplotlib figure atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path, suffix=Path(path).suffix) as tmp:
         fig.savefig(tmp, **kwargs)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

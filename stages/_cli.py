@@ -9,6 +9,14 @@ from typing import Callable
 from rawdrift.errors import RawdriftError
 
 
+def dataset_arg(argv: list[str], script: str) -> str:
+    """The single ``<dataset>`` argument of a per-dataset stage script, validated."""
+    from rawdrift.params import check_dataset
+    if len(argv) != 1:
+        raise RawdriftError(f"usage: python stages/{script} <dataset>")
+    return check_dataset(argv[0])
+
+
 def run(main: Callable[[list[str]], str]) -> None:
     """Call ``main(argv)``; print its summary line, or one ``error:`` line and exit 1."""
     start = time.perf_counter()

@@ -13,13 +13,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rawdrift import params as P  # noqa: E402
 from rawdrift.errors import RawdriftError  # noqa: E402
 from rawdrift.sources import synthetic  # noqa: E402
-from stages._cli import run  # noqa: E402
+from stages._cli import dataset_arg, run  # noqa: E402
 
 
 def main(argv: list[str]) -> str:
-    if len(argv) != 1:
-        raise RawdriftError("usage: python stages/fetch.py <dataset>")
-    dataset = P.check_dataset(argv[0])
+    dataset = dataset_arg(argv, "fetch.py")
     params = P.load_params()
     source = P.get(params, "data.source")
     if source not in P.SOURCES:

@@ -12,18 +12,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rawdrift import params as P  # noqa: E402
-from rawdrift.errors import RawdriftError  # noqa: E402
 from rawdrift.reports import views_figure  # noqa: E402
 from rawdrift.rendering import render_stack  # noqa: E402
 from rawdrift.sensor import intensity_name  # noqa: E402
 from rawdrift.sources.store import load_raw_dataset  # noqa: E402
-from stages._cli import run  # noqa: E402
+from stages._cli import dataset_arg, run  # noqa: E402
 
 
 def main(argv: list[str]) -> str:
-    if len(argv) != 1:
-        raise RawdriftError("usage: python stages/render.py <dataset>")
-    dataset = P.check_dataset(argv[0])
+    dataset = dataset_arg(argv, "render.py")
     params = P.load_params()
     workers = P.workers()
     ds = load_raw_dataset(Path("data/raw") / dataset, verify=True)

@@ -17,7 +17,6 @@ order as the raw stack; :func:`load_view` returns float32 in [0, 1].
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import numpy as np
 
 from rawdrift.camera import Camera, RAW_SCALE
 from rawdrift.errors import RawdriftError
-from rawdrift.io import sha256, write_json
+from rawdrift.io import read_json, sha256, write_json
 from rawdrift.sensor import intensity_name
 
 
@@ -134,13 +133,7 @@ def write_raw_dataset(out: Path, *, camera: Camera, stacks: dict[float, np.ndarr
 def load_raw_dataset(root: str | Path, verify: bool = False) -> RawDataset:
     """Open ``data/raw/<dataset>/``; with ``verify`` every file's sha256 is checked."""
     root = Path(root)
-    meta_path = root / "meta.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
-        raise RawdriftError(f"{meta_path}: file not found (run the fetch stage first)") from None
-    except json.JSONDecodeError as e:
-        raise RawdriftError(f"{meta_path}: not valid JSON ({e.msg})") from None
+    meta = read_json(root / "meta.json", " (run the fetch stage first)")
     if verify:
         for name, digest in meta.get("checksums", {}).items():
             path = root / name
