@@ -10,7 +10,13 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 # The paper protocol (256 px tiles, 940 / 548 images, 5 splits): `make repro-paper`.
 PAPER_SETS := -S data.microscopy.count=940 -S data.microscopy.tile=256 \
-              -S data.drone.count=548 -S data.drone.tile=256 -S data.folds=5
+              -S data.drone.count=548 -S data.drone.tile=256 -S data.folds=5 \
+              -S train.microscopy.epochs=100 -S train.microscopy.batch_size=128 \
+              -S train.microscopy.lr=0.0001 -S train.microscopy.schedule=constant \
+              -S train.drone.encoder=resnet34 -S train.drone.encoder_depth=5 \
+              -S 'train.drone.decoder_channels=[256,128,64,32,16]' -S train.drone.epochs=100 \
+              -S train.drone.batch_size=12 -S train.drone.lr=0.000075 -S train.drone.schedule=constant \
+              -S train.drone.loss=dice
 
 .PHONY: venv repro repro-paper test test-all clean-venv
 

@@ -88,3 +88,14 @@ def ratios_param(params: dict, dotted: str) -> list[float]:
     if len(set(round(v * 100) for v in out)) != len(out):
         raise RawdriftError(f"params.yaml: {dotted} has ratios that share a name (percent, rounded)")
     return sorted(out)
+
+
+def train_config(params: dict, dataset: str, view: str):
+    """``train.<dataset>`` with the per-view overrides ``train.views.<dataset>-<view>`` applied."""
+    from rawdrift.tasks import task_config
+    base = get(params, f"train.{dataset}")
+    override = get(params, f"train.views.{dataset}-{view}") or {}
+    if not isinstance(base, dict) or not isinstance(override, dict):
+        raise RawdriftError(f"params.yaml: train.{dataset} and train.views.{dataset}-{view} must be mappings")
+    where = f"train.views.{dataset}-{view}" if override else f"train.{dataset}"
+    return task_config(dataset, {**base, **override}, where)

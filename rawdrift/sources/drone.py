@@ -13,8 +13,9 @@ Physics, in order (one tile):
 5. Sensor (:mod:`rawdrift.sensor`): RGGB sampling, Poisson shot noise, read noise, gain
    8.448 DN/e- on the 16-bit scale, black level 0.0625, 12-bit ADC left-justified.
 
-The car mask is the car's footprint at output resolution (coverage >= 0.5); every tile holds
-at least one car, as the published tiles do. A tile always covers the original field
+The car mask is the visible part of the cars' footprints (not under a roof or canopy) at
+output resolution (coverage >= 0.5); every tile holds at least one car, as the published
+tiles do. A tile always covers the original field
 (256 px x 6 cm = 15.36 m); a smaller ``tile`` samples it with larger pixels (like flying
 higher with the same camera), with the PSF scaled in proportion.
 """
@@ -68,7 +69,7 @@ def _paint(rng):
 
 
 def scene(rng: np.random.Generator, n: int):
-    """Radiance (3, n, n) in linear output units, car coverage (n, n) and the car count."""
+    """Radiance (3, n, n) in linear output units, visible car coverage (n, n) and the car count."""
     y, x = S.grid(n, FIELD_M)
     pitch = FIELD_M / n
     edge = 0.35 * pitch
@@ -185,6 +186,7 @@ def scene(rng: np.random.Generator, n: int):
     sun_ground = 1 - shadow
     # composite: ground, cars, roofs and canopies on top (self-shading by facet for roofs)
     albedo = albedo * (1 - car_cov) + car_albedo
+    visible = np.ones((n, n))   # roofs and canopies hide what lies under them, cars included
     for by, bx, bl, bw, ba, bh, colour in roofs:
         m = S.coverage(S.sdf_box(y, x, by, bx, bl, bw, ba), edge)
         u, v = S.rotate(y, x, by, bx, ba)
@@ -193,16 +195,18 @@ def scene(rng: np.random.Generator, n: int):
         ridge = S.coverage(np.abs(v) - 0.12, 0.5 * edge)
         rcol = colour.reshape(3, 1, 1) * facet * (1 - 0.4 * ridge) * (1 + 0.05 * S.smooth_noise(rng, (n, n), 0.2 / pitch))
         albedo = albedo * (1 - m) + rcol * m
+        visible *= 1 - m
         sun_ground = np.maximum(sun_ground, m)   # roofs are above every shadow here
     for ty, tx, tr, harm in trees:
         m = S.coverage(S.sdf_blob(y, x, ty, tx, tr, harm), edge)
         leaves = 1 + 0.45 * S.smooth_noise(rng, (n, n), 0.25 / pitch)
         albedo = albedo * (1 - m) + TREE.reshape(3, 1, 1) * np.clip(leaves, 0.2, None) * m
+        visible *= 1 - m
         sun_ground = np.maximum(sun_ground, m * 0.85)
     irradiance = (1 - SKY_FRACTION) * np.sin(elev) / np.sin(np.deg2rad(50)) * sun_ground[None] \
         + SKY_FRACTION * SKY_COLOUR.reshape(3, 1, 1)
     radiance = np.clip(albedo, 0, 1) * irradiance * EXPOSURE
-    return radiance, car_cov, len(cars)
+    return radiance, car_cov * visible, len(cars)
 
 
 def render_tile(rng: np.random.Generator, tile: int):
@@ -211,7 +215,10 @@ def render_tile(rng: np.random.Generator, tile: int):
     pitch_out = FIELD_M / tile
     ss = max(2, int(np.ceil(pitch_out / NATIVE_GSD_M)))
     n = tile * ss
-    radiance, car_cov, _ = scene(rng, n)
+    while True:   # the published tiles all show a car: redraw a scene whose cars are all hidden
+        radiance, car_cov, _ = scene(rng, n)
+        if (bin_pixels(car_cov, ss) >= 0.5).any():
+            break
     camera_rgb = DRONE_CAMERA.camera_from_linear_rgb(radiance.transpose(1, 2, 0)).transpose(2, 0, 1)
     camera_rgb = np.clip(camera_rgb, 0, None) * electrons_per_linear_unit()
     r0_px = (PSF_DIAMETER_UM / 2) / PIXEL_UM * (NATIVE_GSD_M / (FIELD_M / n))

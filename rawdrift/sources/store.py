@@ -150,6 +150,14 @@ def load_raw_dataset(root: str | Path, verify: bool = False) -> RawDataset:
     return RawDataset(root=root, meta=meta, camera=camera, ids=[r["id"] for r in rows], folds=folds)
 
 
+def load_targets(ds: RawDataset):
+    """Task targets as a torch tensor: (N,) int64 class indices or (N, H, W) uint8 masks."""
+    import torch
+    if ds.task == "classification":
+        return torch.from_numpy(ds.labels())
+    return torch.from_numpy(np.array(ds.masks()))
+
+
 def view_to_uint16(view: np.ndarray) -> np.ndarray:
     """float view(s) in [0, 1] -> uint16 scaled by 65535 (error <= 7.7e-6)."""
     return np.round(np.clip(view, 0, 1) * RAW_SCALE).astype(np.uint16)

@@ -1,0 +1,82 @@
+"""Cross-evaluation: every fold model of every train view on its held-out tiles in every view."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from rawdrift.isp.static import VIEWS
+from rawdrift.models import fold_count, load_fold_model
+from rawdrift.tasks import METRIC, predict, score
+
+
+def crosseval(models_dir: str | Path, views_dir: str | Path, targets: torch.Tensor, folds: np.ndarray, task: str,
+              device: torch.device, batch_size: int = 64, views=VIEWS, progress: bool = True) -> dict:
+    """Compute the (train view x test view) matrix per fold.
+
+    Args:
+        models_dir: ``models/<dataset>`` holding one folder per train view.
+        views_dir: ``data/views/<dataset>``.
+        targets: (N,) labels or (N, H, W) masks.
+        folds: (N,) test-fold index per tile.
+
+    Returns:
+        the ``metrics/crosseval/<dataset>.json`` dict: metric, views, folds, mean, std (over
+        folds, ddof=1), per_fold (k x 12 x 12); rows = train view, columns = test view.
+    """
+    from rawdrift.sources.store import load_view
+    views = tuple(views)
+    k_folds = int(folds.max()) + 1
+    for v in views:
+        if fold_count(Path(models_dir) / v) != k_folds:
+            raise ValueError(f"{Path(models_dir) / v}: trained with a different number of folds than the data")
+    per_fold = np.zeros((k_folds, len(views), len(views)))
+    amp = device.type == "cuda"
+    bar = tqdm(total=k_folds * len(views), desc=f"crosseval {Path(views_dir).name}", unit="model",
+               disable=None if progress else True, leave=False)
+    all_views = {v: load_view(views_dir, v) for v in views}
+    for k in range(k_folds):
+        idx = np.flatnonzero(folds == k)
+        held = {v: torch.from_numpy(all_views[v][idx]).to(device) for v in views}
+        y = targets[torch.from_numpy(idx)].to(device)
+        for i, train_view in enumerate(views):
+            model = load_fold_model(Path(models_dir) / train_view, k, device)
+            for j, test_view in enumerate(views):
+                per_fold[k, i, j] = score(task, predict(model, held[test_view], batch_size, amp), y)
+            bar.update()
+    bar.close()
+    return {"metric": METRIC[task], "views": list(views), "folds": k_folds,
+            "mean": per_fold.mean(0).tolist(),
+            "std": (per_fold.std(0, ddof=1) if k_folds > 1 else np.zeros_like(per_fold[0])).tolist(),
+            "per_fold": per_fold.tolist()}
+
+
+def headline(result: dict) -> dict:
+    """Diagonal mean, off-diagonal mean, their drop, and rankings (paper tables 5, 6, 8; figures 4, 5)."""
+    mean = np.asarray(result["mean"])
+    views = result["views"]
+    n = len(views)
+    off = ~np.eye(n, dtype=bool)
+    row_avg = mean.mean(1)
+    order = np.argsort(-row_avg, kind="stable")
+    col_rank = (-mean).argsort(0, kind="stable").argsort(0, kind="stable") + 1     # rank of each train view per column
+    return {
+        "metric": result["metric"], "folds": result["folds"],
+        "diagonal_mean": float(np.diag(mean).mean()),
+        "diagonal_std_mean": float(np.diag(np.asarray(result["std"])).mean()),
+        "off_diagonal_mean": float(mean[off].mean()),
+        "drop": float(np.diag(mean).mean() - mean[off].mean()),
+        "train_view_ranking": [{"view": views[i], "average": float(row_avg[i])} for i in order],
+        "best_train_view_per_test_view": {views[j]: views[int(np.argmax(mean[:, j]))] for j in range(n)},
+        "rank_per_test_view": {views[j]: {views[i]: int(col_rank[i, j]) for i in range(n)} for j in range(n)},
+        "worst_pair": _worst_pair(mean, views),
+    }
+
+
+def _worst_pair(mean: np.ndarray, views) -> dict:
+    drop = np.diag(mean)[:, None] - mean
+    i, j = np.unravel_index(np.argmax(drop), drop.shape)
+    return {"train_view": views[i], "test_view": views[j], "drop": float(drop[i, j])}

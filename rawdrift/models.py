@@ -1,0 +1,44 @@
+"""Saving and loading trained fold models (safetensors weights + a JSON description)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from rawdrift.errors import RawdriftError
+from rawdrift.io import atomic_dir, read_json, write_json
+from rawdrift.tasks import TaskConfig, TaskModel
+
+
+def save_fold_models(out: str | Path, cfg: TaskConfig, models: list[TaskModel], info: dict) -> None:
+    """Write ``fold<k>.safetensors`` for each model and ``model.json``, replacing ``out`` atomically."""
+    with atomic_dir(out) as tmp:
+        for k, model in enumerate(models):
+            state = {n: t.detach().to("cpu", memory_format=torch.contiguous_format).contiguous()
+                     for n, t in model.state_dict().items()}
+            save_file(state, str(tmp / f"fold{k}.safetensors"))
+        write_json(tmp / "model.json", {**info, "folds": len(models), "config": cfg.to_dict()})
+
+
+def load_fold_model(model_dir: str | Path, fold: int, device: torch.device | str = "cpu") -> TaskModel:
+    """Rebuild the model of one fold from ``model.json`` and its safetensors weights (no pickle)."""
+    model_dir = Path(model_dir)
+    desc = read_json(model_dir / "model.json", " (run the train stage first)")
+    d = dict(desc["config"])
+    d["decoder_channels"] = tuple(d["decoder_channels"])
+    cfg = TaskConfig(**d)
+    path = model_dir / f"fold{fold}.safetensors"
+    if not path.exists():
+        raise RawdriftError(f"{path}: file not found")
+    model = TaskModel(cfg)
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except Exception as e:   # safetensors raises its own error types for corrupt files
+        raise RawdriftError(f"{path}: cannot load weights ({e})") from None
+    return model.to(device).eval()
+
+
+def fold_count(model_dir: str | Path) -> int:
+    return int(read_json(Path(model_dir) / "model.json")["folds"])

@@ -1,0 +1,174 @@
+"""Task models, losses and metrics.
+
+- microscopy (classification): torchvision ResNet18 with a k-way head, cross-entropy, accuracy.
+- drone (segmentation): segmentation_models_pytorch U-Net++ (encoder a param), Dice loss
+  (or Dice + BCE), IoU of the car class.
+
+Every model starts with :class:`Normalize` holding the mean / std of its training view, so
+any view (or the output of ``ParametrizedISP``) in [0, 1] can be fed to it unchanged.
+Nothing is downloaded unless ``pretrained: true`` is asked for.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rawdrift.errors import RawdriftError
+
+#: Initial foreground probability of the segmentation head's bias.
+FOREGROUND_PRIOR: float = 0.05
+
+TASKS = {"microscopy": "classification", "drone": "segmentation"}
+
+
+@dataclass
+class TaskConfig:
+    """Hyper-parameters of one task model (``train.<dataset>`` in params.yaml).
+
+    Defaults follow the paper (Table 3, A.2); the default profile overrides some for CPU.
+    """
+
+    task: str
+    arch: str = "resnet18"
+    encoder: str = "resnet34"
+    encoder_depth: int = 5
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
+    classes: int = 9
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 1e-4
+    schedule: str = "constant"
+    weight_decay: float = 0.0
+    loss: str = "ce"
+    pretrained: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["decoder_channels"] = list(self.decoder_channels)
+        return d
+
+
+_FIELDS = set(TaskConfig.__dataclass_fields__) - {"task", "extra"}
+
+
+def task_config(dataset: str, values: dict, where: str) -> TaskConfig:
+    """Build and validate a TaskConfig from a params mapping; errors name ``where.<key>``."""
+    if dataset not in TASKS:
+        raise RawdriftError(f"unknown dataset {dataset!r}; expected one of {', '.join(TASKS)}")
+    unknown = set(values) - _FIELDS
+    if unknown:
+        raise RawdriftError(f"params.yaml: unknown key(s) {sorted(unknown)} under {where}")
+    cfg = TaskConfig(task=TASKS[dataset], **{k: (tuple(v) if k == "decoder_channels" else v) for k, v in values.items()})
+    for name in ("epochs", "batch_size", "classes", "encoder_depth"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise RawdriftError(f"params.yaml: {where}.{name} must be an integer >= 1, got {v!r}")
+    for name in ("lr", "weight_decay"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (name == "lr" and v == 0):
+            raise RawdriftError(f"params.yaml: {where}.{name} must be a number > 0, got {v!r}")
+    if cfg.schedule not in ("constant", "cosine"):
+        raise RawdriftError(f"params.yaml: {where}.schedule must be constant or cosine, got {cfg.schedule!r}")
+    allowed = {"classification": ("ce",), "segmentation": ("dice", "dice_bce")}[cfg.task]
+    if cfg.loss not in allowed:
+        raise RawdriftError(f"params.yaml: {where}.loss must be one of {', '.join(allowed)}, got {cfg.loss!r}")
+    if cfg.task == "classification" and cfg.arch != "resnet18":
+        raise RawdriftError(f"params.yaml: {where}.arch must be resnet18, got {cfg.arch!r}")
+    if cfg.task == "segmentation" and cfg.arch != "unetplusplus":
+        raise RawdriftError(f"params.yaml: {where}.arch must be unetplusplus, got {cfg.arch!r}")
+    return cfg
+
+
+class Normalize(nn.Module):
+    """Per-channel standardisation with stored statistics: (B, 3, H, W) -> same shape."""
+
+    def __init__(self, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+
+class TaskModel(nn.Module):
+    """Normalize followed by the network; ``forward`` takes views in [0, 1].
+
+    Classification returns logits (B, classes); segmentation returns logits (B, 1, H, W).
+    """
+
+    def __init__(self, cfg: TaskConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.normalize = Normalize()
+        self.net = _network(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))
+
+
+def _network(cfg: TaskConfig) -> nn.Module:
+    if cfg.task == "classification":
+        import torchvision
+        weights = "IMAGENET1K_V1" if cfg.pretrained else None
+        net = torchvision.models.resnet18(weights=weights)
+        net.fc = nn.Linear(net.fc.in_features, cfg.classes)
+        return net
+    import segmentation_models_pytorch as smp
+    if len(cfg.decoder_channels) != cfg.encoder_depth:
+        raise RawdriftError(f"params.yaml: train.drone.decoder_channels needs {cfg.encoder_depth} entries "
+                            f"(encoder_depth), got {len(cfg.decoder_channels)}")
+    try:
+        net = smp.UnetPlusPlus(encoder_name=cfg.encoder, encoder_weights="imagenet" if cfg.pretrained else None,
+                               encoder_depth=cfg.encoder_depth, decoder_channels=list(cfg.decoder_channels),
+                               classes=1)
+    except (KeyError, ValueError) as e:
+        raise RawdriftError(f"params.yaml: train.drone.encoder {cfg.encoder!r} not usable ({e})") from None
+    # Start from the prior of a rare foreground (~5 % car pixels) rather than p = 0.5, so the
+    # first epochs are not spent unlearning a half-car image (as for RetinaNet's classifier).
+    with torch.no_grad():
+        net.segmentation_head[0].bias.fill_(math.log(FOREGROUND_PRIOR / (1 - FOREGROUND_PRIOR)))
+    return net
+
+
+def loss_fn(cfg: TaskConfig, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy (classification) or soft Dice (+ BCE) on the car class (segmentation)."""
+    if cfg.task == "classification":
+        return F.cross_entropy(logits.float(), target)
+    logits = logits.float()
+    t = target.float().unsqueeze(1) if target.ndim == 3 else target.float()
+    p = torch.sigmoid(logits)
+    inter = (p * t).sum()
+    dice = 1 - (2 * inter + 1.0) / (p.sum() + t.sum() + 1.0)
+    if cfg.loss == "dice_bce":
+        return dice + F.binary_cross_entropy_with_logits(logits, t)
+    return dice
+
+
+def predict(model: nn.Module, views: torch.Tensor, batch_size: int, amp: bool = False) -> torch.Tensor:
+    """Predictions for (N, 3, H, W): class indices (N,) or binary masks (N, H, W) uint8."""
+    model.eval()
+    outs = []
+    with torch.inference_mode(), torch.autocast(views.device.type, dtype=torch.bfloat16, enabled=amp):
+        for i in range(0, views.shape[0], batch_size):
+            logits = model(views[i:i + batch_size])
+            outs.append(logits.argmax(1) if logits.ndim == 2 else (logits[:, 0] > 0).to(torch.uint8))
+    return torch.cat(outs)
+
+
+def score(task: str, pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Accuracy (classification) or IoU of the car class over all pixels of the set (segmentation)."""
+    if task == "classification":
+        return float((pred == target).float().mean())
+    p, t = pred.bool(), target.bool()
+    union = (p | t).sum()
+    return float((p & t).sum() / union) if union > 0 else 1.0
+
+
+METRIC = {"classification": "accuracy", "segmentation": "iou"}

@@ -1,0 +1,49 @@
+"""Stage crosseval@<dataset>: every fold model of every train view on its held-out tiles in all 12 views.
+
+Usage: python stages/crosseval.py <dataset>
+Writes metrics/crosseval/<dataset>.json, plots/crosseval/<dataset>.png and
+plots/crosseval/<dataset>_worst_pair.png.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from rawdrift import params as P  # noqa: E402
+from rawdrift.crosseval import crosseval, headline  # noqa: E402
+from rawdrift.io import write_json  # noqa: E402
+from rawdrift.reports import crosseval_heatmap, pair_figure  # noqa: E402
+from rawdrift.sources.store import load_raw_dataset, load_targets, load_view  # noqa: E402
+from rawdrift.training import resolve_device  # noqa: E402
+from stages._cli import dataset_arg, run  # noqa: E402
+
+
+def main(argv: list[str]) -> str:
+    dataset = dataset_arg(argv, "crosseval.py")
+    params = P.load_params()
+    device = resolve_device(P.get(params, "device"))
+    ds = load_raw_dataset(Path("data/raw") / dataset)
+    views_dir = Path("data/views") / dataset
+    result = crosseval(Path("models") / dataset, views_dir, load_targets(ds), ds.folds, ds.task, device)
+    write_json(Path("metrics/crosseval") / f"{dataset}.json", result)
+    head = headline(result)
+    crosseval_heatmap(result, Path("plots/crosseval") / f"{dataset}.png",
+                      f"{dataset}: train view x test view, {result['metric']} (* best train view per column)")
+    worst = head["worst_pair"]
+    tile = int(np.flatnonzero(ds.folds == 0)[0])
+    a = load_view(views_dir, worst["train_view"])[tile]
+    b = load_view(views_dir, worst["test_view"])[tile]
+    pair_figure(a, b, (f"A: {worst['train_view']} (train)", f"B: {worst['test_view']} (test)"),
+                Path("plots/crosseval") / f"{dataset}_worst_pair.png",
+                f"{dataset}: worst train/test pair, {result['metric']} drop {worst['drop']:.3f} (tile {ds.ids[tile]})")
+    return (f"crosseval@{dataset}: {result['metric']} diagonal {head['diagonal_mean']:.3f}, "
+            f"off-diagonal {head['off_diagonal_mean']:.3f}, drop {head['drop']:.3f} over {result['folds']} folds")
+
+
+if __name__ == "__main__":
+    run(main)

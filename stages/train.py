@@ -1,0 +1,59 @@
+"""Stage train@<dataset>-<view>: k fold models on one view (the fixed split assignment).
+
+Usage: python stages/train.py <dataset> <view>
+Writes models/<dataset>/<view>/ (fold<k>.safetensors + model.json, atomically),
+metrics/train/<dataset>/<view>.json and dvclive curves under plots/train/<dataset>/<view>/.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from rawdrift import params as P  # noqa: E402
+from rawdrift.errors import RawdriftError  # noqa: E402
+from rawdrift.io import write_json  # noqa: E402
+from rawdrift.isp import parse_view  # noqa: E402
+from rawdrift.models import save_fold_models  # noqa: E402
+from rawdrift.sources.store import load_raw_dataset, load_targets, load_view  # noqa: E402
+from rawdrift.tasks import METRIC  # noqa: E402
+from rawdrift.training import resolve_device, train_folds  # noqa: E402
+from stages._cli import run  # noqa: E402
+
+
+def main(argv: list[str]) -> str:
+    if len(argv) != 2:
+        raise RawdriftError("usage: python stages/train.py <dataset> <view>")
+    dataset, view = P.check_dataset(argv[0]), argv[1]
+    parse_view(view)
+    params = P.load_params()
+    cfg = P.train_config(params, dataset, view)
+    seed = P.int_param(params, "seed", 0)
+    device = resolve_device(P.get(params, "device"))
+    torch.manual_seed(seed)
+    ds = load_raw_dataset(Path("data/raw") / dataset)
+    views = torch.from_numpy(load_view(Path("data/views") / dataset, view))
+    targets = load_targets(ds)
+    from dvclive import Live
+    live_dir = Path("plots/train") / dataset / view
+    with Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+        results = train_folds(cfg, views, targets, ds.folds, seed, device, live=live, desc=f"train {dataset}-{view}")
+    save_fold_models(Path("models") / dataset / view, cfg, [r.model for r in results],
+                     info={"dataset": dataset, "view": view, "seed": seed})
+    metric = METRIC[cfg.task]
+    final = [r.val_metric[-1] for r in results]
+    write_json(Path("metrics/train") / dataset / f"{view}.json",
+               {"metric": metric, "folds": len(final), "per_fold": final,
+                "mean": float(np.mean(final)), "std": float(np.std(final, ddof=1)) if len(final) > 1 else 0.0,
+                "epochs": cfg.epochs})
+    return (f"train@{dataset}-{view}: {len(final)} folds x {cfg.epochs} epochs on {device.type}, "
+            f"held-out {metric} {np.mean(final):.3f} +- {np.std(final, ddof=1) if len(final) > 1 else 0:.3f}")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,165 @@
+"""Task models, the k-fold training loop, saved models and the cross-evaluation schema."""
+
+import numpy as np
+import pytest
+import torch
+
+from rawdrift.crosseval import crosseval, headline
+from rawdrift.errors import RawdriftError
+from rawdrift.models import load_fold_model, save_fold_models
+from rawdrift.params import train_config
+from rawdrift.sources.store import view_to_uint16
+from rawdrift.tasks import TaskModel, predict, score, task_config
+from rawdrift.training import dihedral_augment, train_folds
+
+SEG = dict(arch="unetplusplus", encoder="mobilenet_v2", encoder_depth=3, decoder_channels=[16, 8, 4],
+           epochs=12, batch_size=8, lr=3e-3, schedule="cosine", loss="dice_bce")
+
+
+def colour_task(n=48, size=16, seed=0):
+    """Three classes told apart by colour, with noise: learnable in a few epochs."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 3
+    base = torch.tensor([[0.8, 0.2, 0.2], [0.2, 0.8, 0.2], [0.2, 0.2, 0.8]])[y]
+    x = (base[:, :, None, None] + 0.15 * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1)
+    folds = np.arange(n) % 2
+    return x, y, folds
+
+
+def square_task(n=48, size=32, seed=0):
+    """Bright squares on a textured background; the mask is the square."""
+    g = torch.Generator().manual_seed(seed)
+    x = 0.3 + 0.1 * torch.rand(n, 3, size, size, generator=g)
+    m = torch.zeros(n, size, size, dtype=torch.uint8)
+    for i in range(n):
+        r, c = torch.randint(0, size - 10, (2,), generator=g).tolist()
+        x[i, :, r:r + 10, c:c + 10] = 0.9
+        m[i, r:r + 10, c:c + 10] = 1
+    return x, m, np.arange(n) % 2
+
+
+def test_dihedral_augment_moves_masks_with_images():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 3, 8, 8, generator=g)
+    y = (x[:, 0] > 0.5).to(torch.uint8)
+    xa, ya = dihedral_augment(x, y, g)
+    assert torch.equal(ya, (xa[:, 0] > 0.5).to(torch.uint8))
+    # all 8 elements of the dihedral group occur
+    seen = set()
+    for i in range(64):
+        for t in range(2):
+            for f1 in range(2):
+                for f2 in range(2):
+                    z = x[i].transpose(-1, -2) if t else x[i]
+                    z = z.flip(-1) if f1 else z
+                    z = z.flip(-2) if f2 else z
+                    if torch.equal(z, xa[i]):
+                        seen.add((t, f1, f2))
+    assert len(seen) == 8
+    labels = torch.arange(64)
+    assert torch.equal(dihedral_augment(x, labels, g)[1], labels)
+
+
+def test_classification_learns_and_is_deterministic_on_cpu():
+    x, y, folds = colour_task()
+    cfg = task_config("microscopy", dict(epochs=4, batch_size=8, lr=1e-3, classes=3), "train.microscopy")
+    a = train_folds(cfg, x, y, folds, seed=1, device=torch.device("cpu"), progress=False)
+    b = train_folds(cfg, x, y, folds, seed=1, device=torch.device("cpu"), progress=False)
+    assert len(a) == 2
+    assert [r.val_metric for r in a] == [r.val_metric for r in b]
+    assert [r.train_loss for r in a] == [r.train_loss for r in b]
+    assert min(r.val_metric[-1] for r in a) > 0.9
+    assert all(r.train_loss[-1] < r.train_loss[0] for r in a)
+    # normalisation is part of the model: the training view's statistics
+    mean = x[torch.from_numpy(folds != 0)].mean(dim=(0, 2, 3))
+    assert torch.allclose(a[0].model.normalize.mean.flatten(), mean, atol=1e-5)
+
+
+def test_segmentation_iou_rises():
+    x, m, folds = square_task()
+    cfg = task_config("drone", SEG, "train.drone")
+    res = train_folds(cfg, x, m, folds, seed=0, device=torch.device("cpu"), progress=False)
+    assert np.mean([r.val_metric[-1] for r in res]) > 0.5
+    for r in res:
+        assert r.val_metric[-1] > r.val_metric[0] + 0.2
+
+
+def test_scores():
+    assert score("classification", torch.tensor([0, 1, 2, 2]), torch.tensor([0, 1, 1, 2])) == 0.75
+    p = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    t = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    p[0, :2] = 1
+    t[0, 1:3] = 1
+    assert score("segmentation", p, t) == pytest.approx(4 / 12)
+
+
+def test_saved_models_reload_with_identical_predictions(tmp_path):
+    x, y, folds = colour_task(n=12)
+    cfg = task_config("microscopy", dict(epochs=1, batch_size=4, classes=3), "train.microscopy")
+    res = train_folds(cfg, x, y, folds, seed=0, device=torch.device("cpu"), progress=False)
+    save_fold_models(tmp_path / "m", cfg, [r.model for r in res], info={"view": "bi_s_ga"})
+    from safetensors.torch import load_file
+    assert "normalize.mean" in load_file(str(tmp_path / "m/fold1.safetensors"))
+    for k, r in enumerate(res):
+        loaded = load_fold_model(tmp_path / "m", k)
+        r.model.eval()
+        with torch.no_grad():
+            assert torch.equal(loaded(x), r.model(x))
+    with pytest.raises(RawdriftError, match="fold5.safetensors: file not found"):
+        load_fold_model(tmp_path / "m", 5)
+
+
+def test_crosseval_schema_and_headline(tmp_path):
+    from rawdrift.isp import VIEWS
+    x, y, folds = colour_task(n=12)
+    views = VIEWS[:3]
+    cfg = task_config("microscopy", dict(epochs=1, batch_size=4, classes=3), "train.microscopy")
+    (tmp_path / "views").mkdir()
+    for i, v in enumerate(views):
+        xv = (x + 0.05 * i).clamp(0, 1)
+        np.save(tmp_path / "views" / f"{v}.npy", view_to_uint16(xv.numpy()))
+        res = train_folds(cfg, xv, y, folds, seed=i, device=torch.device("cpu"), progress=False)
+        save_fold_models(tmp_path / "models" / v, cfg, [r.model for r in res], info={"view": v})
+    out = crosseval(tmp_path / "models", tmp_path / "views", y, folds, "classification", torch.device("cpu"),
+                    views=views, progress=False)
+    assert set(out) == {"metric", "views", "folds", "mean", "std", "per_fold"}
+    per_fold = np.asarray(out["per_fold"])
+    assert per_fold.shape == (2, 3, 3) and out["folds"] == 2 and out["metric"] == "accuracy"
+    np.testing.assert_allclose(out["mean"], per_fold.mean(0))
+    np.testing.assert_allclose(out["std"], per_fold.std(0, ddof=1))
+    head = headline(out)
+    mean = per_fold.mean(0)
+    assert head["diagonal_mean"] == pytest.approx(np.diag(mean).mean())
+    assert head["drop"] == pytest.approx(np.diag(mean).mean() - mean[~np.eye(3, dtype=bool)].mean())
+    assert [r["view"] for r in head["train_view_ranking"]][0] == views[int(np.argmax(mean.mean(1)))]
+
+
+@pytest.mark.parametrize("values, msg", [
+    ({"epochs": 0}, "train.microscopy.epochs"), ({"lr": -1}, "train.microscopy.lr"),
+    ({"loss": "dice"}, "train.microscopy.loss"), ({"bogus": 1}, "unknown key"), ({"arch": "vgg"}, "arch")])
+def test_bad_train_params(values, msg):
+    with pytest.raises(RawdriftError, match=msg):
+        task_config("microscopy", values, "train.microscopy")
+
+
+def test_per_view_override_merges_over_dataset_defaults():
+    params = {"train": {"microscopy": {"epochs": 3, "lr": 0.01},
+                        "views": {"microscopy-bi_s_ga": {"epochs": 7}, "microscopy-bi_s_me": {}}}}
+    assert train_config(params, "microscopy", "bi_s_ga").epochs == 7
+    assert train_config(params, "microscopy", "bi_s_ga").lr == 0.01
+    assert train_config(params, "microscopy", "bi_s_me").epochs == 3
+    with pytest.raises(RawdriftError, match="missing param train.views.microscopy-me_u_ga"):
+        train_config(params, "microscopy", "me_u_ga")
+
+
+def test_model_accepts_isp_output():
+    from rawdrift.camera import CAMERAS
+    from rawdrift.isp import ParametrizedISP
+    isp = ParametrizedISP(CAMERAS["drone"])
+    model = TaskModel(task_config("drone", SEG, "train.drone"))
+    raw = torch.rand(2, 32, 32) * 0.5 + 0.0625
+    out = model(isp(raw))
+    assert out.shape == (2, 1, 32, 32)
+    out.sum().backward()
+    assert isp.gamma.grad is not None and torch.isfinite(isp.gamma.grad).all()
+    assert predict(model, isp(raw).detach(), 4).shape == (2, 32, 32)
