@@ -52,6 +52,10 @@ def channel_stats(views: torch.Tensor) -> tuple[list[float], list[float]]:
     return v.mean(dim=(0, 2, 3)).tolist(), v.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
 
 
+#: Training tiles whose statistics replace the BatchNorm running averages before each evaluation.
+BN_TILES: int = 64
+
+
 def recalibrate_batchnorm(model: torch.nn.Module, views: torch.Tensor, batch_size: int, amp: bool = False) -> None:
     """Replace BatchNorm running statistics by their average over ``views`` (precise BN).
 
@@ -147,7 +151,7 @@ def train_folds(cfg: TaskConfig, views: torch.Tensor, targets: torch.Tensor, fol
             if sched is not None:
                 sched.step()
             res.train_loss.append(total / max(count, 1))
-            recalibrate_batchnorm(model, x_all[train_idx], max(cfg.batch_size, 32), amp=cuda)
+            recalibrate_batchnorm(model, x_all[train_idx[:BN_TILES]], max(cfg.batch_size, 32), amp=cuda)
             pred = predict(model, x_all[test_idx], max(cfg.batch_size, 64), amp=cuda)
             res.val_metric.append(score(cfg.task, pred, y_all[test_idx]))
             if live is not None:

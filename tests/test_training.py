@@ -163,3 +163,17 @@ def test_model_accepts_isp_output():
     out.sum().backward()
     assert isp.gamma.grad is not None and torch.isfinite(isp.gamma.grad).all()
     assert predict(model, isp(raw).detach(), 4).shape == (2, 32, 32)
+
+
+def test_recalibrated_batchnorm_holds_the_statistics_of_the_given_tiles():
+    from rawdrift.training import recalibrate_batchnorm
+    torch.manual_seed(0)
+    conv, bn = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)
+    model = torch.nn.Sequential(conv, bn)
+    x = torch.rand(10, 3, 8, 8) * 2 + 1
+    recalibrate_batchnorm(model, x, batch_size=16)
+    with torch.no_grad():
+        feats = conv(x)
+    assert torch.allclose(bn.running_mean, feats.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(bn.running_var, feats.var(dim=(0, 2, 3), unbiased=True), rtol=1e-4)
+    assert bn.momentum == 0.1 and bn.num_batches_tracked == 1
