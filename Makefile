@@ -18,7 +18,7 @@ PAPER_SETS := -S data.microscopy.count=940 -S data.microscopy.tile=256 \
               -S train.drone.batch_size=12 -S train.drone.lr=0.000075 -S train.drone.schedule=constant \
               -S train.drone.loss=dice
 
-.PHONY: venv repro repro-paper test test-all clean-venv
+.PHONY: venv repro repro-paper test test-all bench clean-venv
 
 venv: $(STAMP)
 
@@ -41,6 +41,10 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Training throughput vs the model-only ceiling on this machine's device -> bench/<device>.json
+bench: $(STAMP)
+	$(BIN)/python -m rawdrift.bench
 
 clean-venv:
 	rm -rf $(VENV)

@@ -151,3 +151,39 @@ def test_camera_validation_and_json(tmp_path):
         Camera.load(tmp_path / "camera.json")
     cam = Camera([0.01] * 4, [2, 1, 1.5], np.eye(3))
     assert Camera.from_dict(json.loads(json.dumps(cam.to_dict()))) == cam
+
+
+TRAIN = {"device": "cpu",
+         "train": {"microscopy": {"epochs": 4, "batch_size": 4, "lr": 0.001},
+                   "views": {"microscopy-bi_s_ga": {}}}}
+
+
+def test_killed_train_stage_reruns_cleanly(fetched, tmp_path):
+    """SIGKILL after the first logged epoch leaves no weights behind; the rerun equals a clean run."""
+    import signal
+    import time
+    runs = {}
+    for name in ("killed", "clean"):
+        (tmp_path / name).mkdir()
+        wd = project(tmp_path / name, merge(SMALL, TRAIN))
+        shutil.copytree(fetched / "data/raw/microscopy", wd / "data/raw/microscopy")
+        assert stage(wd, "render.py", "microscopy").returncode == 0
+        if name == "killed":
+            env = dict(os.environ, RAWDRIFT_WORKERS="1")
+            proc = subprocess.Popen([sys.executable, str(ROOT / "stages/train.py"), "microscopy", "bi_s_ga"], cwd=wd,
+                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            live = wd / "plots/train/microscopy/bi_s_ga/metrics.json"
+            deadline = time.time() + 120
+            while not live.exists() and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.05)
+            assert proc.poll() is None, "training finished before it could be killed"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            assert not (wd / "models/microscopy/bi_s_ga").exists()
+            assert not (wd / "metrics/train/microscopy/bi_s_ga.json").exists()
+        r = stage(wd, "train.py", "microscopy", "bi_s_ga")
+        assert r.returncode == 0, r.stderr
+        assert sorted(p.name for p in (wd / "models/microscopy/bi_s_ga").iterdir()) == [
+            "fold0.safetensors", "fold1.safetensors", "fold2.safetensors", "model.json"]
+        runs[name] = json.loads((wd / "metrics/train/microscopy/bi_s_ga.json").read_text())
+    assert runs["killed"] == runs["clean"]

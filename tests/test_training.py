@@ -177,3 +177,11 @@ def test_recalibrated_batchnorm_holds_the_statistics_of_the_given_tiles():
     assert torch.allclose(bn.running_mean, feats.mean(dim=(0, 2, 3)), atol=1e-5)
     assert torch.allclose(bn.running_var, feats.var(dim=(0, 2, 3), unbiased=True), rtol=1e-4)
     assert bn.momentum == 0.1 and bn.num_batches_tracked == 1
+
+
+def test_bench_measures_both_paths_on_cpu():
+    from rawdrift.bench import bench_task
+    r = bench_task("microscopy", {"classes": 3}, size=16, batch=4, device=torch.device("cpu"), n_data=16,
+                   warmup=1, windows=1, steps=1)
+    assert r["ceiling_images_per_s"] > 0 and r["pipeline_images_per_s"] > 0
+    assert r["ratio"] == pytest.approx(r["pipeline_images_per_s"] / r["ceiling_images_per_s"])

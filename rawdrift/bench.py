@@ -1,0 +1,125 @@
+"""Training throughput of the task models against the model-only ceiling, on the current device.
+
+``make bench`` (or ``python -m rawdrift.bench``) measures, in one run on one device:
+
+- ceiling: the bare network on random device tensors (no data pipeline, no augmentation);
+  bf16 autocast and channels_last on CUDA, float32 on CPU;
+- pipeline: the same network through ``rawdrift.training``'s hot loop (index gather from the
+  device-resident view tensor, dihedral augmentation on the device, Normalize, loss, Adam);
+
+and writes ``bench/<device>.json`` with images/s, their ratio, and the device name. Timings
+are medians of repeated windows after warm-up; no test asserts on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from rawdrift.tasks import TaskModel, loss_fn, task_config
+from rawdrift.training import dihedral_augment, resolve_device
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _steps_per_second(step, device: torch.device, warmup: int, windows: int, steps: int) -> float:
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    rates = []
+    for _ in range(windows):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        _sync(device)
+        rates.append(steps / (time.perf_counter() - start))
+    rates.sort()
+    return rates[len(rates) // 2]
+
+
+def bench_task(dataset: str, cfg_values: dict, size: int, batch: int, device: torch.device, n_data: int = 512,
+               warmup: int = 3, windows: int = 3, steps: int = 5) -> dict:
+    """Images/s of the training step for one task model: ceiling vs rawdrift's pipeline."""
+    cfg = task_config(dataset, dict(cfg_values, batch_size=batch), f"bench.{dataset}")
+    cuda = device.type == "cuda"
+    fmt = torch.channels_last if cuda else torch.contiguous_format
+    gen = torch.Generator(device=device).manual_seed(0)
+    seg = cfg.task == "segmentation"
+
+    def target(n):
+        if seg:
+            return (torch.rand(n, size, size, device=device, generator=gen) > 0.9).to(torch.uint8)
+        return torch.randint(0, cfg.classes, (n,), device=device, generator=gen)
+
+    results = {}
+    for mode in ("ceiling", "pipeline"):
+        torch.manual_seed(0)
+        model = TaskModel(cfg).to(device, memory_format=fmt).train()
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        if mode == "ceiling":
+            xb = torch.rand(batch, 3, size, size, device=device, generator=gen).contiguous(memory_format=fmt)
+            yb = target(batch)
+
+            def step():
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                    loss = loss_fn(cfg, model.net(xb), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        else:
+            x_all = torch.rand(n_data, 3, size, size, device=device, generator=gen).contiguous(memory_format=fmt)
+            y_all = target(n_data)
+
+            def step():
+                idx = torch.randint(0, n_data, (batch,), device=device, generator=gen)
+                xb, yb = dihedral_augment(x_all[idx], y_all[idx], gen)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                    loss = loss_fn(cfg, model(xb), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        results[mode] = batch * _steps_per_second(step, device, warmup, windows, steps)
+    return {"dataset": dataset, "size": size, "batch": batch, "config": cfg.to_dict(),
+            "ceiling_images_per_s": results["ceiling"], "pipeline_images_per_s": results["pipeline"],
+            "ratio": results["pipeline"] / results["ceiling"]}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--size", type=int, default=None, help="tile side (default 256 on CUDA, 64 on CPU)")
+    ap.add_argument("--out", default="bench")
+    args = ap.parse_args(argv)
+    device = resolve_device(args.device)
+    size = args.size or (256 if device.type == "cuda" else 64)
+    paper_drone = dict(arch="unetplusplus", encoder="resnet34", encoder_depth=5,
+                       decoder_channels=[256, 128, 64, 32, 16], loss="dice")
+    runs = [bench_task("microscopy", {}, size, 128 if device.type == "cuda" else 32, device),
+            bench_task("drone", paper_drone, size, 12, device)]
+    result = {"device": device_name(device), "torch": torch.__version__, "runs": runs}
+    out = Path(args.out) / f"{device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    for r in runs:
+        print(f"{r['dataset']}: {r['pipeline_images_per_s']:.0f} img/s through rawdrift vs "
+              f"{r['ceiling_images_per_s']:.0f} model-only ({100 * r['ratio']:.0f} %), {size} px, batch {r['batch']}, "
+              f"{result['device']}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
