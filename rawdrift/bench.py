@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from rawdrift.tasks import TaskModel, loss_fn, task_config
-from rawdrift.training import dihedral_augment, resolve_device
+from rawdrift.tasks import TaskModel, task_config
+from rawdrift.training import dihedral_augment, optimisation_step, resolve_device
 
 
 def _sync(device: torch.device) -> None:
@@ -69,11 +69,7 @@ def bench_task(dataset: str, cfg_values: dict, size: int, batch: int, device: to
             yb = target(batch)
 
             def step():
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                    loss = loss_fn(cfg, model.net(xb), yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                optimisation_step(model.net, opt, cfg, xb, yb, amp=cuda)
         else:
             x_all = torch.rand(n_data, 3, size, size, device=device, generator=gen).contiguous(memory_format=fmt)
             y_all = target(n_data)
@@ -81,11 +77,7 @@ def bench_task(dataset: str, cfg_values: dict, size: int, batch: int, device: to
             def step():
                 idx = torch.randint(0, n_data, (batch,), device=device, generator=gen)
                 xb, yb = dihedral_augment(x_all[idx], y_all[idx], gen)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                    loss = loss_fn(cfg, model(xb), yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                optimisation_step(model, opt, cfg, xb, yb, amp=cuda)
         results[mode] = batch * _steps_per_second(step, device, warmup, windows, steps)
     return {"dataset": dataset, "size": size, "batch": batch, "config": cfg.to_dict(),
             "ceiling_images_per_s": results["ceiling"], "pipeline_images_per_s": results["pipeline"],

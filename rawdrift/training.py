@@ -80,6 +80,17 @@ def recalibrate_batchnorm(model: torch.nn.Module, views: torch.Tensor, batch_siz
         m.momentum = momentum
 
 
+def optimisation_step(model: torch.nn.Module, opt: torch.optim.Optimizer, cfg: TaskConfig, xb: torch.Tensor,
+                      yb: torch.Tensor, amp: bool = False) -> torch.Tensor:
+    """One Adam step on a batch (bf16 autocast when ``amp``); returns the detached loss."""
+    with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=amp):
+        loss = loss_fn(cfg, model(xb), yb)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
 @dataclass
 class FoldResult:
     """One fold's trained model and its curves (per epoch)."""
@@ -141,11 +152,7 @@ def train_folds(cfg: TaskConfig, views: torch.Tensor, targets: torch.Tensor, fol
                 if idx.numel() < 2:      # BatchNorm needs two samples
                     continue
                 xb, yb = dihedral_augment(x_all[idx], y_all[idx], gen)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                    loss = loss_fn(cfg, model(xb), yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                loss = optimisation_step(model, opt, cfg, xb, yb, amp=cuda)
                 total += float(loss.detach()) * idx.numel()
                 count += idx.numel()
             if sched is not None:
