@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from rawdrift.errors import RawdriftError
 from rawdrift.isp.static import VIEWS
 from rawdrift.models import fold_count, load_fold_model
 from rawdrift.tasks import METRIC, predict, score
@@ -32,15 +33,14 @@ def crosseval(models_dir: str | Path, views_dir: str | Path, targets: torch.Tens
     k_folds = int(folds.max()) + 1
     for v in views:
         if fold_count(Path(models_dir) / v) != k_folds:
-            raise ValueError(f"{Path(models_dir) / v}: trained with a different number of folds than the data")
+            raise RawdriftError(f"{Path(models_dir) / v}: trained with a different number of folds than the data")
     per_fold = np.zeros((k_folds, len(views), len(views)))
     amp = device.type == "cuda"
     bar = tqdm(total=k_folds * len(views), desc=f"crosseval {Path(views_dir).name}", unit="model",
                disable=None if progress else True, leave=False)
-    all_views = {v: load_view(views_dir, v) for v in views}
     for k in range(k_folds):
         idx = np.flatnonzero(folds == k)
-        held = {v: torch.from_numpy(all_views[v][idx]).to(device) for v in views}
+        held = {v: torch.from_numpy(load_view(views_dir, v, idx)).to(device) for v in views}
         y = targets[torch.from_numpy(idx)].to(device)
         for i, train_view in enumerate(views):
             model = load_fold_model(Path(models_dir) / train_view, k, device)

@@ -163,7 +163,10 @@ def view_to_uint16(view: np.ndarray) -> np.ndarray:
     return np.round(np.clip(view, 0, 1) * RAW_SCALE).astype(np.uint16)
 
 
-def load_view(views_dir: str | Path, view: str) -> np.ndarray:
-    """float32 (N, 3, H, W) in [0, 1] of one rendered view."""
+def load_view(views_dir: str | Path, view: str, index: np.ndarray | None = None) -> np.ndarray:
+    """float32 (N, 3, H, W) in [0, 1] of one rendered view; with ``index`` only those tiles
+    are read and converted (the file stays memory-mapped)."""
     arr = _load_npy(Path(views_dir) / f"{view}.npy", np.uint16, 4)
+    if index is not None:
+        arr = arr[index]
     return np.asarray(arr, dtype=np.float32) / np.float32(RAW_SCALE)
