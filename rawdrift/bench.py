@@ -3,7 +3,7 @@
 ``make bench`` (or ``python -m rawdrift.bench``) measures, in one run on one device:
 
 - ceiling: the bare network on random device tensors (no data pipeline, no augmentation);
-  bf16 autocast and channels_last on CUDA, float32 on CPU;
+  channels_last, bf16 autocast as ``--precision`` resolves it (auto: where native);
 - pipeline: the same network through ``rawdrift.training``'s hot loop (index gather from the
   device-resident view tensor, dihedral augmentation on the device, Normalize, loss, Adam);
 
@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from rawdrift.tasks import TaskModel, task_config
-from rawdrift.training import dihedral_augment, optimisation_step, resolve_device
+from rawdrift.runtime import resolve_device, resolve_precision
+from rawdrift.training import dihedral_augment, optimisation_step
 
 
 def _sync(device: torch.device) -> None:
@@ -46,11 +47,11 @@ def _steps_per_second(step, device: torch.device, warmup: int, windows: int, ste
 
 
 def bench_task(dataset: str, cfg_values: dict, size: int, batch: int, device: torch.device, n_data: int = 512,
-               warmup: int = 3, windows: int = 3, steps: int = 5) -> dict:
+               warmup: int = 3, windows: int = 3, steps: int = 5, amp: bool | None = None) -> dict:
     """Images/s of the training step for one task model: ceiling vs rawdrift's pipeline."""
     cfg = task_config(dataset, dict(cfg_values, batch_size=batch), f"bench.{dataset}")
-    cuda = device.type == "cuda"
-    fmt = torch.channels_last if cuda else torch.contiguous_format
+    amp = device.type == "cuda" if amp is None else amp
+    fmt = torch.channels_last
     gen = torch.Generator(device=device).manual_seed(0)
     seg = cfg.task == "segmentation"
 
@@ -69,7 +70,7 @@ def bench_task(dataset: str, cfg_values: dict, size: int, batch: int, device: to
             yb = target(batch)
 
             def step():
-                optimisation_step(model.net, opt, cfg, xb, yb, amp=cuda)
+                optimisation_step(model.net, opt, cfg, xb, yb, amp=amp)
         else:
             x_all = torch.rand(n_data, 3, size, size, device=device, generator=gen).contiguous(memory_format=fmt)
             y_all = target(n_data)
@@ -77,11 +78,11 @@ def bench_task(dataset: str, cfg_values: dict, size: int, batch: int, device: to
             def step():
                 idx = torch.randint(0, n_data, (batch,), device=device, generator=gen)
                 xb, yb = dihedral_augment(x_all[idx], y_all[idx], gen)
-                optimisation_step(model, opt, cfg, xb, yb, amp=cuda)
+                optimisation_step(model, opt, cfg, xb, yb, amp=amp)
         results[mode] = batch * _steps_per_second(step, device, warmup, windows, steps)
     return {"dataset": dataset, "size": size, "batch": batch, "config": cfg.to_dict(),
             "ceiling_images_per_s": results["ceiling"], "pipeline_images_per_s": results["pipeline"],
-            "ratio": results["pipeline"] / results["ceiling"]}
+            "bf16": amp, "ratio": results["pipeline"] / results["ceiling"]}
 
 
 def device_name(device: torch.device) -> str:
@@ -93,15 +94,17 @@ def device_name(device: torch.device) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="auto", help="auto | fp32 | bf16 (as the precision param)")
     ap.add_argument("--size", type=int, default=None, help="tile side (default 256 on CUDA, 64 on CPU)")
     ap.add_argument("--out", default="bench")
     args = ap.parse_args(argv)
     device = resolve_device(args.device)
+    amp = resolve_precision(args.precision, device)
     size = args.size or (256 if device.type == "cuda" else 64)
     paper_drone = dict(arch="unetplusplus", encoder="resnet34", encoder_depth=5,
                        decoder_channels=[256, 128, 64, 32, 16], loss="dice")
-    runs = [bench_task("microscopy", {}, size, 128 if device.type == "cuda" else 32, device),
-            bench_task("drone", paper_drone, size, 12, device)]
+    runs = [bench_task("microscopy", {}, size, 128 if device.type == "cuda" else 32, device, amp=amp),
+            bench_task("drone", paper_drone, size, 12, device, amp=amp)]
     result = {"device": device_name(device), "torch": torch.__version__, "runs": runs}
     out = Path(args.out) / f"{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +112,7 @@ def main(argv=None) -> None:
     for r in runs:
         print(f"{r['dataset']}: {r['pipeline_images_per_s']:.0f} img/s through rawdrift vs "
               f"{r['ceiling_images_per_s']:.0f} model-only ({100 * r['ratio']:.0f} %), {size} px, batch {r['batch']}, "
+              f"{'bf16' if amp else 'fp32'}, "
               f"{result['device']}")
     print(f"wrote {out}")
 

@@ -15,7 +15,8 @@ from rawdrift.tasks import METRIC, predict, score
 
 
 def crosseval(models_dir: str | Path, views_dir: str | Path, targets: torch.Tensor, folds: np.ndarray, task: str,
-              device: torch.device, batch_size: int = 64, views=VIEWS, progress: bool = True) -> dict:
+              device: torch.device, batch_size: int = 64, views=VIEWS, progress: bool = True,
+              amp: bool | None = None) -> dict:
     """Compute the (train view x test view) matrix per fold.
 
     Args:
@@ -23,6 +24,7 @@ def crosseval(models_dir: str | Path, views_dir: str | Path, targets: torch.Tens
         views_dir: ``data/views/<dataset>``.
         targets: (N,) labels or (N, H, W) masks.
         folds: (N,) test-fold index per tile.
+        amp: bf16 autocast for inference; None -> on CUDA only.
 
     Returns:
         the ``metrics/crosseval/<dataset>.json`` dict: metric, views, folds, mean, std (over
@@ -35,12 +37,13 @@ def crosseval(models_dir: str | Path, views_dir: str | Path, targets: torch.Tens
         if fold_count(Path(models_dir) / v) != k_folds:
             raise RawdriftError(f"{Path(models_dir) / v}: trained with a different number of folds than the data")
     per_fold = np.zeros((k_folds, len(views), len(views)))
-    amp = device.type == "cuda"
+    amp = device.type == "cuda" if amp is None else amp
     bar = tqdm(total=k_folds * len(views), desc=f"crosseval {Path(views_dir).name}", unit="model",
                disable=None if progress else True, leave=False)
     for k in range(k_folds):
         idx = np.flatnonzero(folds == k)
-        held = {v: torch.from_numpy(load_view(views_dir, v, idx)).to(device) for v in views}
+        held = {v: torch.from_numpy(load_view(views_dir, v, idx)).to(device).contiguous(memory_format=torch.channels_last)
+                for v in views}
         y = targets[torch.from_numpy(idx)].to(device)
         for i, train_view in enumerate(views):
             model = load_fold_model(Path(models_dir) / train_view, k, device)

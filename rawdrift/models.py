@@ -37,7 +37,7 @@ def load_fold_model(model_dir: str | Path, fold: int, device: torch.device | str
         model.load_state_dict(load_file(str(path)))
     except Exception as e:   # safetensors raises its own error types for corrupt files
         raise RawdriftError(f"{path}: cannot load weights ({e})") from None
-    return model.to(device).eval()
+    return model.to(device, memory_format=torch.channels_last).eval()
 
 
 def fold_count(model_dir: str | Path) -> int:

@@ -4,7 +4,7 @@ The k fold models train in lockstep (one epoch of each fold in turn), so the per
 curves of all folds are logged at the same step. The hot loop gathers batches by index
 from the device-resident view tensor and augments them on the device with the dihedral
 group (flips and 90-degree rotations, the same transform on the mask): no per-sample Python.
-On CUDA it uses bf16 autocast and channels_last.
+Tensors are channels_last; bf16 autocast when ``amp`` (see :mod:`rawdrift.runtime`).
 """
 
 from __future__ import annotations
@@ -17,17 +17,6 @@ from tqdm import tqdm
 
 from rawdrift.errors import RawdriftError
 from rawdrift.tasks import METRIC, TaskConfig, TaskModel, loss_fn, predict, score
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; ``cpu`` / ``cuda`` as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise RawdriftError(f"params.yaml: device must be auto, cpu or cuda, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RawdriftError("params.yaml: device is cuda but no CUDA device is available")
-    return torch.device(name)
 
 
 def dihedral_augment(x: torch.Tensor, y: torch.Tensor | None, generator: torch.Generator):
@@ -101,7 +90,8 @@ class FoldResult:
 
 
 def train_folds(cfg: TaskConfig, views: torch.Tensor, targets: torch.Tensor, folds: np.ndarray, seed: int,
-                device: torch.device, live=None, progress: bool = True, desc: str = "train") -> list[FoldResult]:
+                device: torch.device, live=None, progress: bool = True, desc: str = "train",
+                amp: bool | None = None) -> list[FoldResult]:
     """Train one model per test fold on the other folds' tiles of one view.
 
     Args:
@@ -111,6 +101,7 @@ def train_folds(cfg: TaskConfig, views: torch.Tensor, targets: torch.Tensor, fol
         folds: (N,) test-fold index per tile (the fixed split assignment).
         seed: base seed; fold k uses ``seed * 1000 + k``.
         device: where to train.
+        amp: bf16 autocast; None -> on CUDA only (the ``precision`` param resolves it in stages).
         live: optional dvclive ``Live``: logs ``fold<k>/train_loss``, ``fold<k>/val_<metric>``
             and their means over folds, one step per epoch.
 
@@ -119,8 +110,8 @@ def train_folds(cfg: TaskConfig, views: torch.Tensor, targets: torch.Tensor, fol
     """
     if views.shape[-1] != views.shape[-2]:
         raise RawdriftError(f"views must be square for rotation augmentation, got {tuple(views.shape[-2:])}")
-    cuda = device.type == "cuda"
-    fmt = torch.channels_last if cuda else torch.contiguous_format
+    amp = device.type == "cuda" if amp is None else amp
+    fmt = torch.channels_last
     x_all = views.to(device).contiguous(memory_format=fmt)
     y_all = targets.to(device)
     k_folds = int(folds.max()) + 1
@@ -152,14 +143,14 @@ def train_folds(cfg: TaskConfig, views: torch.Tensor, targets: torch.Tensor, fol
                 if idx.numel() < 2:      # BatchNorm needs two samples
                     continue
                 xb, yb = dihedral_augment(x_all[idx], y_all[idx], gen)
-                loss = optimisation_step(model, opt, cfg, xb, yb, amp=cuda)
+                loss = optimisation_step(model, opt, cfg, xb, yb, amp=amp)
                 total += float(loss.detach()) * idx.numel()
                 count += idx.numel()
             if sched is not None:
                 sched.step()
             res.train_loss.append(total / max(count, 1))
-            recalibrate_batchnorm(model, x_all[train_idx[:BN_TILES]], max(cfg.batch_size, 32), amp=cuda)
-            pred = predict(model, x_all[test_idx], max(cfg.batch_size, 64), amp=cuda)
+            recalibrate_batchnorm(model, x_all[train_idx[:BN_TILES]], max(cfg.batch_size, 32), amp=amp)
+            pred = predict(model, x_all[test_idx], max(cfg.batch_size, 64), amp=amp)
             res.val_metric.append(score(cfg.task, pred, y_all[test_idx]))
             if live is not None:
                 live.log_metric(f"fold{k}/train_loss", res.train_loss[-1])

@@ -19,7 +19,7 @@ from rawdrift.crosseval import crosseval, headline  # noqa: E402
 from rawdrift.io import write_json  # noqa: E402
 from rawdrift.reports import crosseval_heatmap, pair_figure  # noqa: E402
 from rawdrift.sources.store import load_raw_dataset, load_targets, load_view  # noqa: E402
-from rawdrift.training import resolve_device  # noqa: E402
+from rawdrift.runtime import resolve_device, resolve_precision  # noqa: E402
 from stages._cli import dataset_arg, run  # noqa: E402
 
 
@@ -27,9 +27,11 @@ def main(argv: list[str]) -> str:
     dataset = dataset_arg(argv, "crosseval.py")
     params = P.load_params()
     device = resolve_device(P.get(params, "device"))
+    amp = resolve_precision(P.get(params, "precision"), device)
     ds = load_raw_dataset(Path("data/raw") / dataset)
     views_dir = Path("data/views") / dataset
-    result = crosseval(Path("models") / dataset, views_dir, load_targets(ds), ds.folds, ds.task, device)
+    result = crosseval(Path("models") / dataset, views_dir, load_targets(ds), ds.folds, ds.task, device,
+                       amp=amp)
     write_json(Path("metrics/crosseval") / f"{dataset}.json", result)
     head = headline(result)
     crosseval_heatmap(result, Path("plots/crosseval") / f"{dataset}.png",

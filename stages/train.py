@@ -22,7 +22,8 @@ from rawdrift.isp import parse_view  # noqa: E402
 from rawdrift.models import save_fold_models  # noqa: E402
 from rawdrift.sources.store import load_raw_dataset, load_targets, load_view  # noqa: E402
 from rawdrift.tasks import METRIC  # noqa: E402
-from rawdrift.training import resolve_device, train_folds  # noqa: E402
+from rawdrift.runtime import resolve_device, resolve_precision  # noqa: E402
+from rawdrift.training import train_folds  # noqa: E402
 from stages._cli import run  # noqa: E402
 
 
@@ -35,6 +36,7 @@ def main(argv: list[str]) -> str:
     cfg = P.train_config(params, dataset, view)
     seed = P.int_param(params, "seed", 0)
     device = resolve_device(P.get(params, "device"))
+    amp = resolve_precision(P.get(params, "precision"), device)
     torch.manual_seed(seed)
     ds = load_raw_dataset(Path("data/raw") / dataset)
     views = torch.from_numpy(load_view(Path("data/views") / dataset, view))
@@ -42,17 +44,18 @@ def main(argv: list[str]) -> str:
     from dvclive import Live
     live_dir = Path("plots/train") / dataset / view
     with Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
-        results = train_folds(cfg, views, targets, ds.folds, seed, device, live=live, desc=f"train {dataset}-{view}")
+        results = train_folds(cfg, views, targets, ds.folds, seed, device, live=live, desc=f"train {dataset}-{view}",
+                              amp=amp)
     save_fold_models(Path("models") / dataset / view, cfg, [r.model for r in results],
                      info={"dataset": dataset, "view": view, "seed": seed})
     metric = METRIC[cfg.task]
     final = [r.val_metric[-1] for r in results]
+    mean, std = float(np.mean(final)), float(np.std(final, ddof=1)) if len(final) > 1 else 0.0
     write_json(Path("metrics/train") / dataset / f"{view}.json",
-               {"metric": metric, "folds": len(final), "per_fold": final,
-                "mean": float(np.mean(final)), "std": float(np.std(final, ddof=1)) if len(final) > 1 else 0.0,
+               {"metric": metric, "folds": len(final), "per_fold": final, "mean": mean, "std": std,
                 "epochs": cfg.epochs})
-    return (f"train@{dataset}-{view}: {len(final)} folds x {cfg.epochs} epochs on {device.type}, "
-            f"held-out {metric} {np.mean(final):.3f} +- {np.std(final, ddof=1) if len(final) > 1 else 0:.3f}")
+    return (f"train@{dataset}-{view}: {len(final)} folds x {cfg.epochs} epochs on {device.type}"
+            f"{' (bf16)' if amp else ''}, held-out {metric} {mean:.3f} +- {std:.3f}")
 
 
 if __name__ == "__main__":

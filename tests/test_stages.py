@@ -18,7 +18,7 @@ from rawdrift.isp import VIEWS
 from rawdrift.sources.store import load_raw_dataset, load_view
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = {"seed": 1, "device": "auto",
+SMALL = {"seed": 1, "device": "auto", "precision": "auto",
          "data": {"source": "synthetic", "folds": 3, "intensities": [0.1, 1.0],
                   "microscopy": {"count": 18, "tile": 32}, "drone": {"count": 6, "tile": 32}}}
 

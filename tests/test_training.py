@@ -10,6 +10,7 @@ from rawdrift.models import load_fold_model, save_fold_models
 from rawdrift.params import train_config
 from rawdrift.sources.store import view_to_uint16
 from rawdrift.tasks import TaskModel, predict, score, task_config
+from rawdrift.runtime import native_bf16, resolve_precision
 from rawdrift.training import dihedral_augment, train_folds
 
 SEG = dict(arch="unetplusplus", encoder="mobilenet_v2", encoder_depth=3, decoder_channels=[16, 8, 4],
@@ -60,11 +61,12 @@ def test_dihedral_augment_moves_masks_with_images():
     assert torch.equal(dihedral_augment(x, labels, g)[1], labels)
 
 
-def test_classification_learns_and_is_deterministic_on_cpu():
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
+def test_classification_learns_and_is_deterministic_on_cpu(amp):
     x, y, folds = colour_task()
     cfg = task_config("microscopy", dict(epochs=4, batch_size=8, lr=1e-3, classes=3), "train.microscopy")
-    a = train_folds(cfg, x, y, folds, seed=1, device=torch.device("cpu"), progress=False)
-    b = train_folds(cfg, x, y, folds, seed=1, device=torch.device("cpu"), progress=False)
+    a = train_folds(cfg, x, y, folds, seed=1, device=torch.device("cpu"), progress=False, amp=amp)
+    b = train_folds(cfg, x, y, folds, seed=1, device=torch.device("cpu"), progress=False, amp=amp)
     assert len(a) == 2
     assert [r.val_metric for r in a] == [r.val_metric for r in b]
     assert [r.train_loss for r in a] == [r.train_loss for r in b]
@@ -185,3 +187,21 @@ def test_bench_measures_both_paths_on_cpu():
                    warmup=1, windows=1, steps=1)
     assert r["ceiling_images_per_s"] > 0 and r["pipeline_images_per_s"] > 0
     assert r["ratio"] == pytest.approx(r["pipeline_images_per_s"] / r["ceiling_images_per_s"])
+
+
+def test_precision_param():
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) is False
+    assert resolve_precision("bf16", cpu) is True
+    assert resolve_precision("auto", cpu) == native_bf16(cpu)
+    with pytest.raises(RawdriftError, match="params.yaml: precision must be one of auto, fp32, bf16, got 'fp16'"):
+        resolve_precision("fp16", cpu)
+
+
+def test_bf16_inference_agrees_with_fp32():
+    """bf16 autocast changes predictions only near the decision boundary."""
+    x, m, folds = square_task(n=16)
+    cfg = task_config("drone", dict(SEG, epochs=3), "train.drone")
+    model = train_folds(cfg, x, m, folds, seed=0, device=torch.device("cpu"), progress=False)[0].model
+    a, b = predict(model, x, 8, amp=False), predict(model, x, 8, amp=True)
+    assert (a != b).float().mean() < 0.02

@@ -1,0 +1,46 @@
+"""Where and in which precision the task models run: the ``device`` and ``precision`` params.
+
+``precision: auto`` means bf16 autocast wherever the hardware computes in bf16 natively
+(every CUDA GPU we target; CPUs with AVX512-BF16 or AMX through oneDNN) and float32
+elsewhere, where emulated bf16 would be slower than float32. Weights, optimiser state,
+losses and metrics stay float32 in every case; only the convolutions and matrix products
+run in bf16. Tensors are channels_last on every device (oneDNN and cuDNN both prefer it).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rawdrift.errors import RawdriftError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; ``cpu`` / ``cuda`` as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise RawdriftError(f"params.yaml: device must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RawdriftError("params.yaml: device is cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 convolutions natively (not by emulation)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(name: str, device: torch.device) -> bool:
+    """The ``precision`` param -> whether to use bf16 autocast on ``device``."""
+    if name not in PRECISIONS:
+        raise RawdriftError(f"params.yaml: precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
+    if name == "auto":
+        return native_bf16(device)
+    return name == "bf16"
