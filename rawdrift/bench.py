@@ -7,8 +7,11 @@
 - pipeline: the same network through ``rawdrift.training``'s hot loop (index gather from the
   device-resident view tensor, dihedral augmentation on the device, Normalize, loss, Adam);
 
-and writes ``bench/<device>.json`` with images/s, their ratio, and the device name. Timings
-are medians of repeated windows after warm-up; no test asserts on them.
+and the common corruptions (images/s per corruption and severity at the paper's 256 px, and
+the projected time to corrupt the held-out tiles of all 12 views x 10 corruptions x 3
+severities at paper size: 940 + 548 tiles), and writes ``bench/<device>.json`` with
+images/s, their ratio, and the device name. Timings are medians of repeated windows after
+warm-up; no test asserts on them.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from pathlib import Path
 
 import torch
 
-from rawdrift.tasks import TaskModel, task_config
+from rawdrift.corruptions import CORRUPTIONS, corrupt
 from rawdrift.runtime import resolve_device, resolve_precision
+from rawdrift.tasks import TaskModel, task_config
 from rawdrift.training import dihedral_augment, optimisation_step
 
 
@@ -85,6 +89,28 @@ def bench_task(dataset: str, cfg_values: dict, size: int, batch: int, device: to
             "bf16": amp, "ratio": results["pipeline"] / results["ceiling"]}
 
 
+#: Tiles of the paper's two datasets; every tile is held out once, so a corruption pass over
+#: all folds' held-out tiles touches each tile once per train view.
+PAPER_TILES = 940 + 548
+
+
+def bench_corruptions(device: torch.device, size: int = 256, batch: int = 16, severities=(1, 3, 5),
+                      windows: int = 3, steps: int = 2) -> dict:
+    """Images/s of each corruption at each severity on random (batch, 3, size, size) views."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.rand(batch, 3, size, size, device=device, generator=gen)
+    rates = {}
+    for name in CORRUPTIONS:
+        for s in severities:
+            def step():
+                corrupt(x, name, s, gen, scale=size / 256)
+            rates[f"{name}@{s}"] = batch * _steps_per_second(step, device, 1, windows, steps)
+    per_pass = sum(1.0 / r for r in rates.values())          # seconds per image through every (c, s)
+    return {"size": size, "batch": batch, "images_per_s": rates,
+            "paper_all_views_s": PAPER_TILES * 12 * per_pass,
+            "note": "projected: 1488 tiles x 12 train views through every corruption and severity"}
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -105,7 +131,8 @@ def main(argv=None) -> None:
                        decoder_channels=[256, 128, 64, 32, 16], loss="dice")
     runs = [bench_task("microscopy", {}, size, 128 if device.type == "cuda" else 32, device, amp=amp),
             bench_task("drone", paper_drone, size, 12, device, amp=amp)]
-    result = {"device": device_name(device), "torch": torch.__version__, "runs": runs}
+    corr = bench_corruptions(device, 256, 64 if device.type == "cuda" else 8)
+    result = {"device": device_name(device), "torch": torch.__version__, "runs": runs, "corruptions": corr}
     out = Path(args.out) / f"{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -114,6 +141,8 @@ def main(argv=None) -> None:
               f"{r['ceiling_images_per_s']:.0f} model-only ({100 * r['ratio']:.0f} %), {size} px, batch {r['batch']}, "
               f"{'bf16' if amp else 'fp32'}, "
               f"{result['device']}")
+    print(f"corruptions: {PAPER_TILES} paper tiles x 12 views x 10 corruptions x 3 severities at 256 px: "
+          f"{corr['paper_all_views_s']:.0f} s projected ({result['device']})")
     print(f"wrote {out}")
 
 

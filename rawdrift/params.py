@@ -99,3 +99,31 @@ def train_config(params: dict, dataset: str, view: str):
         raise RawdriftError(f"params.yaml: train.{dataset} and train.views.{dataset}-{view} must be mappings")
     where = f"train.views.{dataset}-{view}" if override else f"train.{dataset}"
     return task_config(dataset, {**base, **override}, where)
+
+
+def corruption_params(params: dict) -> dict:
+    """``corruptions.{names, severities, reference_tile, summary_severity}``, validated."""
+    from rawdrift.corruptions import CORRUPTIONS
+    names = get(params, "corruptions.names")
+    if not isinstance(names, list) or not names:
+        raise RawdriftError("params.yaml: corruptions.names must be a non-empty list")
+    for n in names:
+        if n not in CORRUPTIONS:
+            raise RawdriftError(f"params.yaml: corruptions.names: unknown corruption {n!r}; "
+                                f"expected some of {', '.join(CORRUPTIONS)}")
+    if len(set(names)) != len(names):
+        raise RawdriftError("params.yaml: corruptions.names lists a corruption twice")
+    sev = get(params, "corruptions.severities")
+    if not isinstance(sev, list) or not sev:
+        raise RawdriftError("params.yaml: corruptions.severities must be a non-empty list of integers in 1..5")
+    for s in sev:
+        if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 5:
+            raise RawdriftError(f"params.yaml: corruptions.severities entries must be integers in 1..5, got {s!r}")
+    if len(set(sev)) != len(sev):
+        raise RawdriftError("params.yaml: corruptions.severities lists a severity twice")
+    summary_severity = int_param(params, "corruptions.summary_severity", 1, 5)
+    if summary_severity not in sev:
+        raise RawdriftError(f"params.yaml: corruptions.summary_severity {summary_severity} is not one of "
+                            f"corruptions.severities {sev}")
+    return {"names": list(names), "severities": sorted(sev), "summary_severity": summary_severity,
+            "reference_tile": int_param(params, "corruptions.reference_tile", 1)}

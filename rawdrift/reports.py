@@ -45,24 +45,32 @@ def views_figure(ds: RawDataset, views_dir: str | Path, out: str | Path, index: 
     plt.close(fig)
 
 
+def matrix_heatmap(ax, mean: np.ndarray, std: np.ndarray, rows, cols, fontsize: float = 6.5):
+    """Draw a (train x test) matrix on ``ax`` in the manner of figures 4 and 5: mean and std in each
+    cell, rows ranked by their average (rank in brackets), a star on the best row of each column.
+    Returns the image for a colour bar."""
+    n_rows, n_cols = mean.shape
+    rank = (-mean.mean(1)).argsort(kind="stable").argsort(kind="stable") + 1
+    im = ax.imshow(mean, cmap="viridis", vmin=max(0.0, mean.min() - 0.05), vmax=min(1.0, mean.max() + 0.02),
+                   aspect="auto")
+    best = mean.argmax(0)
+    mid = (mean.min() + mean.max()) / 2
+    for i in range(n_rows):
+        for j in range(n_cols):
+            star = "*" if best[j] == i else ""
+            ax.text(j, i, f"{mean[i, j]:.2f}{star}\n±{std[i, j]:.2f}", ha="center", va="center", fontsize=fontsize,
+                    color="white" if mean[i, j] < mid else "black")
+    ax.set_xticks(range(n_cols), [c.replace("_", ",") if c in VIEWS else c.replace("_", " ") for c in cols],
+                  rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n_rows), [f"({rank[i]}) {v.replace('_', ',')}" for i, v in enumerate(rows)], fontsize=8)
+    return im
+
+
 def crosseval_heatmap(result: dict, out: str | Path, title: str) -> None:
     """Heatmap of the 12x12 matrix (figures 4, 5): mean and std in each cell, row rank by
     average over test views, a star on the best train view of each column."""
-    mean, std = np.asarray(result["mean"]), np.asarray(result["std"])
-    views = result["views"]
-    n = len(views)
-    row_avg = mean.mean(1)
-    rank = (-row_avg).argsort(kind="stable").argsort(kind="stable") + 1
     fig, ax = plt.subplots(figsize=(11, 9))
-    im = ax.imshow(mean, cmap="viridis", vmin=max(0.0, mean.min() - 0.05), vmax=min(1.0, mean.max() + 0.02))
-    best = mean.argmax(0)
-    for i in range(n):
-        for j in range(n):
-            star = "*" if best[j] == i else ""
-            ax.text(j, i, f"{mean[i, j]:.2f}{star}\n±{std[i, j]:.2f}", ha="center", va="center", fontsize=6.5,
-                    color="white" if mean[i, j] < (mean.min() + mean.max()) / 2 else "black")
-    ax.set_xticks(range(n), [v.replace("_", ",") for v in views], rotation=60, fontsize=8)
-    ax.set_yticks(range(n), [f"({rank[i]}) {v.replace('_', ',')}" for i, v in enumerate(views)], fontsize=8)
+    im = matrix_heatmap(ax, np.asarray(result["mean"]), np.asarray(result["std"]), result["views"], result["views"])
     ax.set_xlabel("test view")
     ax.set_ylabel("train view (rank by average over test views)")
     fig.colorbar(im, ax=ax, label=f"{result['metric']} (mean over {result['folds']} folds)")
@@ -72,21 +80,60 @@ def crosseval_heatmap(result: dict, out: str | Path, title: str) -> None:
     plt.close(fig)
 
 
-def pair_figure(a: np.ndarray, b: np.ndarray, labels: tuple[str, str], out: str | Path, title: str) -> None:
-    """One tile as view A, as view B, and |A - B| per channel (views (3, H, W) in [0, 1])."""
-    diff = np.abs(a - b)
-    fig, axes = plt.subplots(1, 5, figsize=(15, 3.4))
-    axes[0].imshow(a.transpose(1, 2, 0), interpolation="nearest")
-    axes[0].set_title(labels[0])
-    axes[1].imshow(b.transpose(1, 2, 0), interpolation="nearest")
-    axes[1].set_title(labels[1])
-    vmax = max(float(diff.max()), 1e-6)
-    for c, name in enumerate("RGB"):
-        im = axes[2 + c].imshow(diff[c], cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
-        axes[2 + c].set_title(f"|A - B| {name} (mean {diff[c].mean():.3f})")
-    for ax in axes:
-        ax.axis("off")
-    fig.colorbar(im, ax=axes[2:].tolist(), shrink=0.8)
+def corruption_heatmaps(result: dict, out: str | Path, title: str) -> None:
+    """One 12 x (1 + C) heatmap per severity (figures 4, 5 right; 9-12): identity first."""
+    sev = result["severities"]
+    fig, axes = plt.subplots(1, len(sev), figsize=(9.5 * len(sev), 8.5), squeeze=False)
+    for ax, s in zip(axes[0], sev):
+        r = result["severity"][str(s)]
+        im = matrix_heatmap(ax, np.asarray(r["mean"]), np.asarray(r["std"]), result["views"], result["columns"])
+        ax.set_title(f"severity {s}")
+        ax.set_xlabel("test: identity, then corruption of the train view's held-out tiles")
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    axes[0, 0].set_ylabel("train view (rank by average over the row)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, out, dpi=70)
+    plt.close(fig)
+
+
+def comparison_figure(cross: dict, corr: dict, severity: int, out: str | Path, title: str) -> None:
+    """The ISP matrix (left) next to the corruption matrix at ``severity`` (right), as figures 4 and 5."""
+    fig, axes = plt.subplots(1, 2, figsize=(21, 9), gridspec_kw={"width_ratios": [12, 11]})
+    im = matrix_heatmap(axes[0], np.asarray(cross["mean"]), np.asarray(cross["std"]), cross["views"], cross["views"])
+    axes[0].set_title("data models (ISP): test view")
+    axes[0].set_ylabel("train view (rank by average over the row)")
+    fig.colorbar(im, ax=axes[0], shrink=0.8)
+    r = corr["severity"][str(severity)]
+    im = matrix_heatmap(axes[1], np.asarray(r["mean"]), np.asarray(r["std"]), corr["views"], corr["columns"])
+    axes[1].set_title(f"common corruptions, severity {severity}: identity, then corruptions")
+    fig.colorbar(im, ax=axes[1], shrink=0.8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, out, dpi=70)
+    plt.close(fig)
+
+
+def pair_figure(a: np.ndarray, b, labels, out: str | Path, title: str) -> None:
+    """One tile as A and as each B, with |A - B| per channel: one row per B.
+
+    a: (3, H, W) in [0, 1]; b: one such array or a list of them; labels: (label A, label B, ...).
+    """
+    bs = [b] if isinstance(b, np.ndarray) else list(b)
+    fig, axes = plt.subplots(len(bs), 5, figsize=(15, 3.4 * len(bs)), squeeze=False)
+    vmax = max(max(float(np.abs(a - bb).max()) for bb in bs), 1e-6)
+    for r, bb in enumerate(bs):
+        diff = np.abs(a - bb)
+        axes[r, 0].imshow(a.transpose(1, 2, 0), interpolation="nearest")
+        axes[r, 0].set_title(labels[0])
+        axes[r, 1].imshow(bb.transpose(1, 2, 0), interpolation="nearest")
+        axes[r, 1].set_title(labels[1 + r])
+        for c, name in enumerate("RGB"):
+            im = axes[r, 2 + c].imshow(diff[c], cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
+            axes[r, 2 + c].set_title(f"|A - B| {name} (mean {diff[c].mean():.3f})")
+        for ax in axes[r]:
+            ax.axis("off")
+    fig.colorbar(im, ax=axes[:, 2:].ravel().tolist(), shrink=0.8)
     fig.suptitle(title)
     save_figure(fig, out, dpi=80)
     plt.close(fig)

@@ -1,5 +1,6 @@
-"""Stage summary: headline numbers per dataset into metrics/summary.json, and the ranking
-tables (paper tables 5, 6, 8; the stars of figures 4, 5) into metrics/rankings.json.
+"""Stage summary: headline numbers per dataset into metrics/summary.json, the ranking tables
+(paper tables 5-9; the stars of figures 4, 5) into metrics/rankings.json, and the
+data-model vs common-corruption comparison figures into plots/comparison/.
 
 Usage: python stages/summary.py
 """
@@ -11,24 +12,72 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
+
+from rawdrift import params as P  # noqa: E402
+from rawdrift.corruptions import corrupt, corruption_headline, corruption_seed  # noqa: E402
 from rawdrift.crosseval import headline  # noqa: E402
 from rawdrift.io import read_json, write_json  # noqa: E402
-from rawdrift.params import DATASETS  # noqa: E402
+from rawdrift.reports import comparison_figure, pair_figure  # noqa: E402
+from rawdrift.sources.store import load_raw_dataset, load_view  # noqa: E402
 from stages._cli import run  # noqa: E402
+
+VIEW_TABLES = ("train_view_ranking", "rank_per_test_view", "best_train_view_per_test_view")
+CORRUPTION_TABLES = ("train_view_ranking", "rank_per_column", "best_train_view_per_column")
+
+
+def comparison_tiles(dataset: str, head: dict, corr_head: dict, seed: int, reference_tile: int, out: Path) -> None:
+    """One held-out tile: the worst view change next to the worst severity-s corruption, with |A - B|."""
+    ds = load_raw_dataset(Path("data/raw") / dataset)
+    views_dir = Path("data/views") / dataset
+    worst = head["worst_pair"]
+    name = max(corr_head["drop_per_corruption"], key=corr_head["drop_per_corruption"].get)
+    sev = corr_head["severity"]
+    tile = int((ds.folds == 0).nonzero()[0][0])
+    a = load_view(views_dir, worst["train_view"], [tile])
+    b = load_view(views_dir, worst["test_view"], [tile])[0]
+    gen = torch.Generator().manual_seed(corruption_seed(seed, 0, name, sev))
+    c = corrupt(torch.from_numpy(a), name, sev, gen, int(ds.meta["width"]) / reference_tile)[0].numpy()
+    pair_figure(a[0], [b, c], (f"A: {worst['train_view']} (train view)", f"B: {worst['test_view']} (worst view change)",
+                               f"B: {name.replace('_', ' ')} severity {sev} (worst corruption)"), out,
+                f"{dataset} tile {ds.ids[tile]}: view change (drop {worst['drop']:.3f}) vs corruption "
+                f"(drop {corr_head['drop_per_corruption'][name]:.3f})")
 
 
 def main(argv: list[str]) -> str:
+    params = P.load_params()
+    cp = P.corruption_params(params)
+    seed = P.int_param(params, "seed", 0)
+    sev = cp["summary_severity"]
     summary, rankings = {}, {}
-    tables = ("train_view_ranking", "rank_per_test_view", "best_train_view_per_test_view")
-    for dataset in DATASETS:
-        head = headline(read_json(Path("metrics/crosseval") / f"{dataset}.json", " (run crosseval first)"))
-        rankings[dataset] = {t: head[t] for t in tables}
-        summary[dataset] = {"drift_synthesis": {k: v for k, v in head.items() if k not in tables}
-                            | {"top3_train_views": [r["view"] for r in head["train_view_ranking"][:3]]}}
+    for dataset in P.DATASETS:
+        cross = read_json(Path("metrics/crosseval") / f"{dataset}.json", " (run crosseval first)")
+        corr = read_json(Path("metrics/corruptions") / f"{dataset}.json", " (run corruptions first)")
+        head = headline(cross)
+        chead = corruption_headline(corr, cross, sev)
+        per_sev = {s: corruption_headline(corr, cross, int(s)) for s in corr["severity"]}
+        rankings[dataset] = {"drift_synthesis": {t: head[t] for t in VIEW_TABLES},
+                             "corruptions": {t: chead[t] for t in CORRUPTION_TABLES}}
+        summary[dataset] = {
+            "drift_synthesis": {k: v for k, v in head.items() if k not in VIEW_TABLES}
+            | {"top3_train_views": [r["view"] for r in head["train_view_ranking"][:3]]},
+            "corruptions": {k: v for k, v in chead.items() if k not in CORRUPTION_TABLES}
+            | {"per_severity": {s: {k: h[k] for k in ("corrupted_mean", "corruption_drop", "ratio")}
+                                for s, h in per_sev.items()}},
+        }
+        comparison_figure(cross, corr, sev, Path("plots/comparison") / f"{dataset}_matrices.png",
+                          f"{dataset}: data-model drift (left) vs common corruptions (right), {cross['metric']}")
+        comparison_tiles(dataset, head, chead, seed, cp["reference_tile"],
+                         Path("plots/comparison") / f"{dataset}_tiles.png")
     write_json(Path("metrics/summary.json"), summary)
     write_json(Path("metrics/rankings.json"), rankings)
-    parts = [f"{d} {s['drift_synthesis']['metric']} {s['drift_synthesis']['diagonal_mean']:.3f} -> "
-             f"{s['drift_synthesis']['off_diagonal_mean']:.3f}" for d, s in summary.items()]
+    parts = []
+    for d, s in summary.items():
+        ratio = s["corruptions"]["ratio"]
+        parts.append(f"{d} {s['drift_synthesis']['metric']} {s['drift_synthesis']['diagonal_mean']:.3f} -> "
+                     f"{s['drift_synthesis']['off_diagonal_mean']:.3f} (views), "
+                     f"-> {s['corruptions']['corrupted_mean']:.3f} (corruptions, severity {sev}, "
+                     f"{'n/a' if ratio is None else f'{ratio:.1f}x'} the view drop)")
     return "summary: " + "; ".join(parts)
 
 

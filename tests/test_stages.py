@@ -187,3 +187,67 @@ def test_killed_train_stage_reruns_cleanly(fetched, tmp_path):
             "fold0.safetensors", "fold1.safetensors", "fold2.safetensors", "model.json"]
         runs[name] = json.loads((wd / "metrics/train/microscopy/bi_s_ga.json").read_text())
     assert runs["killed"] == runs["clean"]
+
+
+CORR = {"corruptions": {"names": ["gaussian_noise", "contrast"], "severities": [1, 3], "summary_severity": 3,
+                        "reference_tile": 256}}
+
+
+@pytest.mark.parametrize("patch, msg", [
+    ({"names": ["fog"]}, "error: params.yaml: corruptions.names: unknown corruption 'fog'"),
+    ({"severities": [3, 6]}, "error: params.yaml: corruptions.severities entries must be integers in 1..5, got 6"),
+])
+def test_corruptions_stage_rejects_bad_params(tmp_path, patch, msg):
+    wd = project(tmp_path, merge(SMALL, merge(CORR, {"corruptions": patch})))
+    r = stage(wd, "corruptions.py", "drone")
+    assert r.returncode == 1 and r.stderr.strip().startswith(msg) and len(r.stderr.strip().splitlines()) == 1
+    assert not (wd / "metrics").exists()
+
+
+def fake_results(rng, k=3, n=12, columns=3, severities=(1, 3)):
+    """Crosseval and corruption results with the contract's shapes (mean/std computed from per_fold)."""
+    def block(shape):
+        pf = rng.uniform(0.3, 0.9, (k, *shape))
+        return {"mean": pf.mean(0).tolist(), "std": pf.std(0, ddof=1).tolist(), "per_fold": pf.tolist()}
+    cross = {"metric": "accuracy", "views": list(VIEWS), "folds": k, **block((n, n))}
+    for i in range(n):      # the diagonal is the best cell of each row
+        cross["mean"][i][i] = 0.95
+    corr = {"metric": "accuracy", "views": list(VIEWS), "columns": ["identity", "gaussian_noise", "contrast"],
+            "corruptions": ["gaussian_noise", "contrast"], "severities": list(severities), "folds": k, "scale": 0.125,
+            "seed": 1, "severity": {str(s): block((n, columns)) for s in severities}}
+    for s in severities:
+        for i in range(n):
+            corr["severity"][str(s)]["mean"][i][0] = cross["mean"][i][i]
+    return cross, corr
+
+
+def test_summary_stage_compares_view_drift_with_corruptions(fetched, tmp_path):
+    wd = project(tmp_path, merge(SMALL, CORR))
+    rng = np.random.default_rng(0)
+    for ds in ("microscopy", "drone"):
+        shutil.copytree(fetched / f"data/raw/{ds}", wd / f"data/raw/{ds}")
+        assert stage(wd, "render.py", ds).returncode == 0
+        cross, corr = fake_results(rng)
+        for kind, obj in (("crosseval", cross), ("corruptions", corr)):
+            (wd / "metrics" / kind).mkdir(parents=True, exist_ok=True)
+            (wd / "metrics" / kind / f"{ds}.json").write_text(json.dumps(obj))
+    r = stage(wd, "summary.py")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((wd / "metrics/summary.json").read_text())
+    rankings = json.loads((wd / "metrics/rankings.json").read_text())
+    for ds in ("microscopy", "drone"):
+        cross = json.loads((wd / f"metrics/crosseval/{ds}.json").read_text())
+        corr = json.loads((wd / f"metrics/corruptions/{ds}.json").read_text())
+        cm, m = np.asarray(cross["mean"]), np.asarray(corr["severity"]["3"]["mean"])
+        view_drop = np.diag(cm).mean() - cm[~np.eye(12, dtype=bool)].mean()
+        c = summary[ds]["corruptions"]
+        assert c["severity"] == 3
+        assert c["view_drop"] == pytest.approx(view_drop)
+        assert c["corruption_drop"] == pytest.approx(m[:, 0].mean() - m[:, 1:].mean())
+        assert c["ratio"] == pytest.approx(c["corruption_drop"] / view_drop)
+        assert set(c["per_severity"]) == {"1", "3"}
+        assert len(c["top3_isp"]) == 3 and set(c["top_overlap"]) == set(c["top3_isp"]) & set(c["top3_corruptions"])
+        assert set(rankings[ds]["corruptions"]["best_train_view_per_column"]) == {"identity", "gaussian_noise",
+                                                                                 "contrast"}
+        for fig in ("matrices", "tiles"):
+            assert (wd / f"plots/comparison/{ds}_{fig}.png").stat().st_size > 10_000
