@@ -45,19 +45,20 @@ def views_figure(ds: RawDataset, views_dir: str | Path, out: str | Path, index: 
     plt.close(fig)
 
 
-def matrix_heatmap(ax, mean: np.ndarray, std: np.ndarray, rows, cols, fontsize: float = 6.5):
+def matrix_heatmap(ax, mean: np.ndarray, std: np.ndarray, rows, cols, fontsize: float = 7.5,
+                   vrange: tuple[float, float] | None = None):
     """Draw a (train x test) matrix on ``ax`` in the manner of figures 4 and 5: mean and std in each
-    cell, rows ranked by their average (rank in brackets), a star on the best row of each column.
-    Returns the image for a colour bar."""
+    cell, rows ranked by their average (rank in brackets), a star on the best rows of each column
+    (all of them when tied, none when the whole column ties). Returns the image for a colour bar."""
     n_rows, n_cols = mean.shape
     rank = (-mean.mean(1)).argsort(kind="stable").argsort(kind="stable") + 1
-    im = ax.imshow(mean, cmap="viridis", vmin=max(0.0, mean.min() - 0.05), vmax=min(1.0, mean.max() + 0.02),
-                   aspect="auto")
-    best = mean.argmax(0)
-    mid = (mean.min() + mean.max()) / 2
+    vmin, vmax = vrange or (max(0.0, mean.min() - 0.05), min(1.0, mean.max() + 0.02))
+    im = ax.imshow(mean, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+    best = np.isclose(mean, mean.max(0, keepdims=True), rtol=0, atol=1e-12) & (np.ptp(mean, 0) > 0)[None]
+    mid = (vmin + vmax) / 2
     for i in range(n_rows):
         for j in range(n_cols):
-            star = "*" if best[j] == i else ""
+            star = "*" if best[i, j] else ""
             ax.text(j, i, f"{mean[i, j]:.2f}{star}\n±{std[i, j]:.2f}", ha="center", va="center", fontsize=fontsize,
                     color="white" if mean[i, j] < mid else "black")
     ax.set_xticks(range(n_cols), [c.replace("_", ",") if c in VIEWS else c.replace("_", " ") for c in cols],
@@ -69,7 +70,7 @@ def matrix_heatmap(ax, mean: np.ndarray, std: np.ndarray, rows, cols, fontsize: 
 def crosseval_heatmap(result: dict, out: str | Path, title: str) -> None:
     """Heatmap of the 12x12 matrix (figures 4, 5): mean and std in each cell, row rank by
     average over test views, a star on the best train view of each column."""
-    fig, ax = plt.subplots(figsize=(11, 9))
+    fig, ax = plt.subplots(figsize=(12, 9.5))
     im = matrix_heatmap(ax, np.asarray(result["mean"]), np.asarray(result["std"]), result["views"], result["views"])
     ax.set_xlabel("test view")
     ax.set_ylabel("train view (rank by average over test views)")
@@ -93,24 +94,28 @@ def corruption_heatmaps(result: dict, out: str | Path, title: str) -> None:
     axes[0, 0].set_ylabel("train view (rank by average over the row)")
     fig.suptitle(title)
     fig.tight_layout()
-    save_figure(fig, out, dpi=70)
+    save_figure(fig, out, dpi=60)
     plt.close(fig)
 
 
 def comparison_figure(cross: dict, corr: dict, severity: int, out: str | Path, title: str) -> None:
     """The ISP matrix (left) next to the corruption matrix at ``severity`` (right), as figures 4 and 5."""
-    fig, axes = plt.subplots(1, 2, figsize=(21, 9), gridspec_kw={"width_ratios": [12, 11]})
-    im = matrix_heatmap(axes[0], np.asarray(cross["mean"]), np.asarray(cross["std"]), cross["views"], cross["views"])
+    fig, axes = plt.subplots(1, 2, figsize=(24, 10), gridspec_kw={"width_ratios": [12, 11]})
+    r = corr["severity"][str(severity)]
+    both = np.concatenate([np.ravel(cross["mean"]), np.ravel(r["mean"])])
+    vrange = (float(both.min()), float(both.max()))        # one colour scale, so the panels compare
+    im = matrix_heatmap(axes[0], np.asarray(cross["mean"]), np.asarray(cross["std"]), cross["views"], cross["views"],
+                        vrange=vrange)
     axes[0].set_title("data models (ISP): test view")
     axes[0].set_ylabel("train view (rank by average over the row)")
     fig.colorbar(im, ax=axes[0], shrink=0.8)
-    r = corr["severity"][str(severity)]
-    im = matrix_heatmap(axes[1], np.asarray(r["mean"]), np.asarray(r["std"]), corr["views"], corr["columns"])
+    im = matrix_heatmap(axes[1], np.asarray(r["mean"]), np.asarray(r["std"]), corr["views"], corr["columns"],
+                        vrange=vrange)
     axes[1].set_title(f"common corruptions, severity {severity}: identity, then corruptions")
     fig.colorbar(im, ax=axes[1], shrink=0.8)
     fig.suptitle(title)
     fig.tight_layout()
-    save_figure(fig, out, dpi=70)
+    save_figure(fig, out, dpi=80)
     plt.close(fig)
 
 
@@ -120,17 +125,17 @@ def pair_figure(a: np.ndarray, b, labels, out: str | Path, title: str) -> None:
     a: (3, H, W) in [0, 1]; b: one such array or a list of them; labels: (label A, label B, ...).
     """
     bs = [b] if isinstance(b, np.ndarray) else list(b)
-    fig, axes = plt.subplots(len(bs), 5, figsize=(15, 3.4 * len(bs)), squeeze=False)
+    fig, axes = plt.subplots(len(bs), 5, figsize=(17, 3.6 * len(bs)), squeeze=False)
     vmax = max(max(float(np.abs(a - bb).max()) for bb in bs), 1e-6)
     for r, bb in enumerate(bs):
         diff = np.abs(a - bb)
         axes[r, 0].imshow(a.transpose(1, 2, 0), interpolation="nearest")
-        axes[r, 0].set_title(labels[0])
+        axes[r, 0].set_title(labels[0], fontsize=9)
         axes[r, 1].imshow(bb.transpose(1, 2, 0), interpolation="nearest")
-        axes[r, 1].set_title(labels[1 + r])
+        axes[r, 1].set_title(labels[1 + r], fontsize=9)
         for c, name in enumerate("RGB"):
             im = axes[r, 2 + c].imshow(diff[c], cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
-            axes[r, 2 + c].set_title(f"|A - B| {name} (mean {diff[c].mean():.3f})")
+            axes[r, 2 + c].set_title(f"|A - B| {name} (mean {diff[c].mean():.3f})", fontsize=9)
         for ax in axes[r]:
             ax.axis("off")
     fig.colorbar(im, ax=axes[:, 2:].ravel().tolist(), shrink=0.8)

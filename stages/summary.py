@@ -39,7 +39,7 @@ def comparison_tiles(dataset: str, head: dict, corr_head: dict, seed: int, refer
     gen = torch.Generator().manual_seed(corruption_seed(seed, 0, name, sev))
     c = corrupt(torch.from_numpy(a), name, sev, gen, int(ds.meta["width"]) / reference_tile)[0].numpy()
     pair_figure(a[0], [b, c], (f"A: {worst['train_view']} (train view)", f"B: {worst['test_view']} (worst view change)",
-                               f"B: {name.replace('_', ' ')} severity {sev} (worst corruption)"), out,
+                               f"B: {name.replace('_', ' ')}, severity {sev} (worst corruption)"), out,
                 f"{dataset} tile {ds.ids[tile]}: view change (drop {worst['drop']:.3f}) vs corruption "
                 f"(drop {corr_head['drop_per_corruption'][name]:.3f})")
 
