@@ -113,6 +113,15 @@ def test_scale_shrinks_pixel_constants():
     np.testing.assert_allclose(out, gaussian(img, sigma=3 * 48 / 256, channel_axis=-1), atol=1e-5)
 
 
+@pytest.mark.parametrize("sigma", [0.7, 3.0, 20.0, 60.0])     # shifted sums up to 64 taps, FFT beyond
+@pytest.mark.parametrize("mode, scipy_mode", [("edge", "nearest"), ("symmetric", "reflect")])
+def test_gaussian_filter_matches_scipy(sigma, mode, scipy_mode):
+    from scipy.ndimage import gaussian_filter as scipy_gaussian
+    x = torch.rand(2, 3, 40, 52, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref = scipy_gaussian(x.numpy(), sigma=(0, 0, sigma, sigma), mode=scipy_mode, truncate=3.0)
+    np.testing.assert_allclose(C.gaussian_filter(x, sigma, mode, truncate=3.0).numpy(), ref, atol=1e-10)
+
+
 def test_hsv_round_trip():
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     x[0, :, 0, 0] = 0.5                      # grey

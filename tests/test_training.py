@@ -173,7 +173,11 @@ def test_corruption_eval_schema_identity_and_headline(three_view_models):
     assert head["view_drop"] == pytest.approx(view_drop)
     assert head["ratio"] == (pytest.approx(head["corruption_drop"] / view_drop) if view_drop > 0 else None)
     assert set(head["top_overlap"]) == set(head["top3_isp"]) & set(head["top3_corruptions"])
-    assert set(head["best_train_view_per_column"]) == {"identity", *names}
+    best = head["best_train_view_per_column"]
+    assert set(best) == {"identity", *names}
+    for j, c in enumerate(out["columns"]):
+        col = m5[:, j]
+        assert best[c] == ([] if np.ptp(col) == 0 else [views[i] for i in np.flatnonzero(col == col.max())])
     with pytest.raises(RawdriftError, match="severity 3 not evaluated"):
         corruption_headline(out, cross, 3)
 
