@@ -130,11 +130,22 @@ def _network(cfg: TaskConfig) -> nn.Module:
                                classes=1)
     except (KeyError, ValueError) as e:
         raise RawdriftError(f"params.yaml: train.drone.encoder {cfg.encoder!r} not usable ({e})") from None
+    _drop_unused_encoder_stages(net.encoder, cfg.encoder_depth)
     # Start from the prior of a rare foreground (~5 % car pixels) rather than p = 0.5, so the
     # first epochs are not spent unlearning a half-car image (as for RetinaNet's classifier).
     with torch.no_grad():
         net.segmentation_head[0].bias.fill_(math.log(FOREGROUND_PRIOR / (1 - FOREGROUND_PRIOR)))
     return net
+
+
+def _drop_unused_encoder_stages(encoder: nn.Module, depth: int) -> None:
+    """Replace the ResNet stages a shallow encoder never runs (``layer{depth}`` .. ``layer4``) by
+    identities: smp builds the whole ResNet whatever ``encoder_depth`` is, and the unused stages
+    are most of the weights (10.5 M of 11.4 M parameters at resnet18 depth 3). They are built
+    first and dropped after, so the random initialisation of the used layers is unchanged."""
+    for i in range(max(depth, 1), 5):
+        if isinstance(getattr(encoder, f"layer{i}", None), nn.Module):
+            setattr(encoder, f"layer{i}", nn.Identity())
 
 
 def loss_fn(cfg: TaskConfig, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
