@@ -358,8 +358,8 @@ def corruption_eval(models_dir, views_dir, targets: torch.Tensor, folds: np.ndar
     from tqdm import tqdm
 
     from rawdrift.isp.static import VIEWS
-    from rawdrift.models import fold_count, load_fold_model
-    from rawdrift.sources.store import load_view
+    from rawdrift.crosseval import load_held_out
+    from rawdrift.models import check_fold_counts, load_fold_model
     from rawdrift.tasks import METRIC, predict, score
 
     views = tuple(VIEWS if views is None else views)
@@ -368,9 +368,7 @@ def corruption_eval(models_dir, views_dir, targets: torch.Tensor, folds: np.ndar
         for s in severities:
             check_corruption(name, s, "params.yaml: corruptions")
     k_folds = int(folds.max()) + 1
-    for v in views:
-        if fold_count(Path(models_dir) / v) != k_folds:
-            raise RawdriftError(f"{Path(models_dir) / v}: trained with a different number of folds than the data")
+    check_fold_counts(models_dir, views, k_folds)
     amp = device.type == "cuda" if amp is None else amp
     per_fold = np.zeros((len(severities), k_folds, len(views), 1 + len(corruptions)))
     bar = tqdm(total=k_folds * len(views), desc=f"corruptions {Path(views_dir).name}", unit="model",
@@ -379,8 +377,7 @@ def corruption_eval(models_dir, views_dir, targets: torch.Tensor, folds: np.ndar
         idx = np.flatnonzero(folds == k)
         y = targets[torch.from_numpy(idx)].to(device)
         for i, view in enumerate(views):
-            held = torch.from_numpy(load_view(views_dir, view, idx)).to(device).contiguous(
-                memory_format=torch.channels_last)
+            held = load_held_out(views_dir, view, idx, device)
             model = load_fold_model(Path(models_dir) / view, k, device)
             per_fold[:, k, i, 0] = score(task, predict(model, held, batch_size, amp), y)
             for j, name in enumerate(corruptions):

@@ -8,10 +8,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rawdrift.errors import RawdriftError
 from rawdrift.isp.static import VIEWS
-from rawdrift.models import fold_count, load_fold_model
+from rawdrift.models import check_fold_counts, load_fold_model
 from rawdrift.tasks import METRIC, predict, score
+
+
+def load_held_out(views_dir: str | Path, view: str, idx: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Tiles ``idx`` of one view as a channels_last (n, 3, H, W) float32 tensor on ``device``."""
+    from rawdrift.sources.store import load_view
+    return torch.from_numpy(load_view(views_dir, view, idx)).to(device).contiguous(memory_format=torch.channels_last)
 
 
 def crosseval(models_dir: str | Path, views_dir: str | Path, targets: torch.Tensor, folds: np.ndarray, task: str,
@@ -30,20 +35,16 @@ def crosseval(models_dir: str | Path, views_dir: str | Path, targets: torch.Tens
         the ``metrics/crosseval/<dataset>.json`` dict: metric, views, folds, mean, std (over
         folds, ddof=1), per_fold (k x 12 x 12); rows = train view, columns = test view.
     """
-    from rawdrift.sources.store import load_view
     views = tuple(views)
     k_folds = int(folds.max()) + 1
-    for v in views:
-        if fold_count(Path(models_dir) / v) != k_folds:
-            raise RawdriftError(f"{Path(models_dir) / v}: trained with a different number of folds than the data")
+    check_fold_counts(models_dir, views, k_folds)
     per_fold = np.zeros((k_folds, len(views), len(views)))
     amp = device.type == "cuda" if amp is None else amp
     bar = tqdm(total=k_folds * len(views), desc=f"crosseval {Path(views_dir).name}", unit="model",
                disable=None if progress else True, leave=False)
     for k in range(k_folds):
         idx = np.flatnonzero(folds == k)
-        held = {v: torch.from_numpy(load_view(views_dir, v, idx)).to(device).contiguous(memory_format=torch.channels_last)
-                for v in views}
+        held = {v: load_held_out(views_dir, v, idx, device) for v in views}
         y = targets[torch.from_numpy(idx)].to(device)
         for i, train_view in enumerate(views):
             model = load_fold_model(Path(models_dir) / train_view, k, device)

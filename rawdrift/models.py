@@ -42,3 +42,10 @@ def load_fold_model(model_dir: str | Path, fold: int, device: torch.device | str
 
 def fold_count(model_dir: str | Path) -> int:
     return int(read_json(Path(model_dir) / "model.json")["folds"])
+
+
+def check_fold_counts(models_dir: str | Path, views, k_folds: int) -> None:
+    """Every ``models_dir/<view>`` was trained with ``k_folds`` folds, or a one-line error naming it."""
+    for v in views:
+        if fold_count(Path(models_dir) / v) != k_folds:
+            raise RawdriftError(f"{Path(models_dir) / v}: trained with a different number of folds than the data")
