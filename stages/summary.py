@@ -17,6 +17,7 @@ import torch  # noqa: E402
 from rawdrift import params as P  # noqa: E402
 from rawdrift.corruptions import corrupt, corruption_headline, corruption_seed  # noqa: E402
 from rawdrift.crosseval import headline  # noqa: E402
+from rawdrift.errors import RawdriftError  # noqa: E402
 from rawdrift.io import read_json, write_json  # noqa: E402
 from rawdrift.reports import comparison_figure, pair_figure  # noqa: E402
 from rawdrift.sources.store import load_raw_dataset, load_view  # noqa: E402
@@ -54,8 +55,11 @@ def main(argv: list[str]) -> str:
         cross = read_json(Path("metrics/crosseval") / f"{dataset}.json", " (run crosseval first)")
         corr = read_json(Path("metrics/corruptions") / f"{dataset}.json", " (run corruptions first)")
         head = headline(cross)
-        chead = corruption_headline(corr, cross, sev)
         per_sev = {s: corruption_headline(corr, cross, int(s)) for s in corr["severity"]}
+        if str(sev) not in per_sev:
+            raise RawdriftError(f"metrics/corruptions/{dataset}.json: corruptions.summary_severity {sev} was not "
+                                f"evaluated (rerun corruptions@{dataset})")
+        chead = per_sev[str(sev)]
         rankings[dataset] = {"drift_synthesis": {t: head[t] for t in VIEW_TABLES},
                              "corruptions": {t: chead[t] for t in CORRUPTION_TABLES}}
         summary[dataset] = {
