@@ -16,7 +16,9 @@ PAPER_SETS := -S data.microscopy.count=940 -S data.microscopy.tile=256 \
               -S train.drone.encoder=resnet34 -S train.drone.encoder_depth=5 \
               -S 'train.drone.decoder_channels=[256,128,64,32,16]' -S train.drone.epochs=100 \
               -S train.drone.batch_size=12 -S train.drone.lr=0.000075 -S train.drone.schedule=constant \
-              -S train.drone.loss=dice
+              -S train.drone.loss=dice \
+              -S forensics.search_tiles=0 -S forensics.batch_size=16 \
+              -S "forensics.lambda=[100000.0,10000.0,1000.0,100.0,10.0,1.0]"
 
 .PHONY: venv repro repro-paper test test-all bench clean-venv
 

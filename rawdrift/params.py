@@ -127,3 +127,54 @@ def corruption_params(params: dict) -> dict:
                             f"corruptions.severities {sev}")
     return {"names": list(names), "severities": sorted(sev), "summary_severity": summary_severity,
             "reference_tile": int_param(params, "corruptions.reference_tile", 1)}
+
+
+def _yaml11_float(value):
+    """``1e-3`` as written by ``dvc exp run -S`` (YAML 1.2) is a string to PyYAML (YAML 1.1,
+    which wants ``1.0e-3``): read such strings as the numbers they are; leave anything else."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _number_list(params: dict, dotted: str) -> list:
+    value = get(params, dotted)
+    return list(value) if isinstance(value, list) else [value]
+
+
+def forensics_params(params: dict) -> dict:
+    """``forensics.*``: lambda (one value or a list), parameters (searches), epochs, lr,
+    batch_size, search_tiles, regulariser, tolerance; validated, errors name the param."""
+    from rawdrift.forensics import REGULARISERS, SEARCHES
+    lambdas = [_yaml11_float(v) for v in _number_list(params, "forensics.lambda")]
+    if not lambdas:
+        raise RawdriftError("params.yaml: forensics.lambda must be a number >= 0 or a non-empty list of them")
+    for v in lambdas:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0) or v == float("inf"):
+            raise RawdriftError(f"params.yaml: forensics.lambda values must be finite numbers >= 0, got {v!r}")
+    if len(set(float(v) for v in lambdas)) != len(lambdas):
+        raise RawdriftError("params.yaml: forensics.lambda lists a value twice")
+    groups = _number_list(params, "forensics.parameters")
+    for g in groups:
+        if g not in SEARCHES:
+            raise RawdriftError(f"params.yaml: forensics.parameters: unknown group {g!r}; expected some of "
+                                f"{', '.join(SEARCHES)}")
+    if not groups or len(set(groups)) != len(groups):
+        raise RawdriftError("params.yaml: forensics.parameters must list each group at most once, and at least one")
+    lr = get(params, "forensics.lr")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise RawdriftError(f"params.yaml: forensics.lr must be a number > 0, got {lr!r}")
+    tol = get(params, "forensics.tolerance")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol <= 1:
+        raise RawdriftError(f"params.yaml: forensics.tolerance must be a number in [0, 1], got {tol!r}")
+    reg = get(params, "forensics.regulariser")
+    if reg not in REGULARISERS:
+        raise RawdriftError(f"params.yaml: forensics.regulariser must be one of {', '.join(REGULARISERS)}, got {reg!r}")
+    return {"lambdas": sorted((float(v) for v in lambdas), reverse=True), "groups": groups,
+            "epochs": int_param(params, "forensics.epochs", 1), "lr": float(lr),
+            "batch_size": int_param(params, "forensics.batch_size", 1),
+            "search_tiles": int_param(params, "forensics.search_tiles", 0),
+            "regulariser": reg, "tolerance": float(tol)}

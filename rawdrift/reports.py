@@ -142,3 +142,51 @@ def pair_figure(a: np.ndarray, b, labels, out: str | Path, title: str) -> None:
     fig.suptitle(title)
     save_figure(fig, out, dpi=80)
     plt.close(fig)
+
+
+def forensics_figure(result: dict, out: str | Path, title: str) -> None:
+    """Figure 6 (a, c): metric vs lambda per searched group (left), l2 distance vs metric (right).
+
+    Error bars are the std over folds; the dashed line is the clean metric (initial parameters).
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    clean = result["clean"]["mean"]
+    for g in result["groups"]:
+        rows = sorted((float(k), v) for k, v in result["results"][g].items())
+        lam = np.array([r[0] for r in rows])
+        m = np.array([r[1]["metric"]["mean"] for r in rows])
+        s = np.array([r[1]["metric"]["std"] for r in rows])
+        l2 = np.array([r[1]["l2"]["mean"] for r in rows])
+        style = {"lw": 2.4, "color": "black"} if g == "all" else {"lw": 1.2}
+        axes[0].errorbar(np.maximum(lam, 1e-12), m, yerr=s, marker="o", ms=3, capsize=2, label=g.replace("_", " "), **style)
+        axes[1].plot(np.maximum(l2, 1e-12), m, marker="o", ms=3, label=g.replace("_", " "), **style)
+    for ax in axes:
+        ax.axhline(clean, ls="--", color="grey", lw=1, label="clean (bi,s,ga)")
+        ax.set_xscale("log")
+        ax.set_ylabel(f"held-out {result['metric']} after the search")
+        ax.grid(alpha=0.3)
+    axes[0].set_xlabel("lambda (weight of the l2 term; smaller = larger search space)")
+    axes[1].set_xlabel("l2 distance to the clean views (mean squared difference per pixel and channel)")
+    axes[0].legend(fontsize=8, ncol=2)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, out, dpi=80)
+    plt.close(fig)
+
+
+def forensics_tiles(clean: np.ndarray, searched: list[np.ndarray], labels: list[str], out: str | Path,
+                    title: str) -> None:
+    """Figure 6 (b): one tile in the clean view next to the same tile after searches at several lambda.
+
+    clean: (3, H, W) in [0, 1]; searched: list of such arrays; labels: one per searched tile.
+    """
+    n = 1 + len(searched)
+    fig, axes = plt.subplots(1, n, figsize=(2.3 * n, 2.7), squeeze=False)
+    for ax, img, label in zip(axes[0], [clean] + list(searched), ["clean (bi,s,ga)"] + list(labels)):
+        ax.imshow(np.clip(img, 0, 1).transpose(1, 2, 0), interpolation="nearest")
+        ax.set_title(label, fontsize=8)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, out, dpi=80)
+    plt.close(fig)

@@ -251,3 +251,54 @@ def test_summary_stage_compares_view_drift_with_corruptions(fetched, tmp_path):
                                                                                  "contrast"}
         for fig in ("matrices", "tiles"):
             assert (wd / f"plots/comparison/{ds}_{fig}.png").stat().st_size > 10_000
+
+
+FORENSICS = {"forensics": {"lambda": [100.0, 0.0], "parameters": ["all", "gamma"], "epochs": 2, "lr": 0.05,
+                           "batch_size": 4, "search_tiles": 0, "regulariser": "l2", "tolerance": 0.05}}
+
+
+def test_forensics_stage_writes_sweep_signature_and_figures(fetched, tmp_path):
+    wd = project(tmp_path, merge(merge(SMALL, TRAIN), FORENSICS))
+    shutil.copytree(fetched / "data/raw/microscopy", wd / "data/raw/microscopy")
+    assert stage(wd, "render.py", "microscopy").returncode == 0
+    assert stage(wd, "train.py", "microscopy", "bi_s_ga").returncode == 0
+    r = stage(wd, "forensics.py", "microscopy")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("forensics@microscopy: 2 groups x 2 lambdas x 3 folds")
+    sweep = json.loads((wd / "metrics/forensics/microscopy.json").read_text())
+    assert sweep["metric"] == "accuracy" and sweep["lambdas"] == [100.0, 0.0] and sweep["groups"] == ["all", "gamma"]
+    for g in ("all", "gamma"):
+        for key in ("1e+02", "0.0"):
+            e = sweep["results"][g][key]
+            assert len(e["metric"]["per_fold"]) == 3 and 0 <= e["metric"]["mean"] <= 1 and e["l2"]["mean"] >= 0
+            assert len(e["parameters"]) == 3 and set(e["parameters"][0]) >= {"gamma", "black_level"}
+    assert sweep["results"]["gamma"]["0.0"]["parameters"][0]["black_level"] == pytest.approx(
+        sweep["initial"]["black_level"], rel=1e-6)          # unsearched: unchanged (float32 round trip)
+    sig = json.loads((wd / "metrics/forensics/microscopy_signature.json").read_text())
+    assert set(sig["groups"]) == {"all", "gamma"} and sig["tolerance"] == 0.05
+    assert "gamma" in sig["groups"]["gamma"]["most_harmful_change"]
+    assert (wd / "metrics/forensics/microscopy_signature.md").read_text().count("\n| ") == 3
+    for fig in ("microscopy.png", "microscopy_tiles.png"):
+        assert (wd / "plots/forensics" / fig).stat().st_size > 5_000
+
+
+@pytest.mark.parametrize("patch, msg", [
+    ({"lambda": [1.0, -1e-3]}, "error: params.yaml: forensics.lambda values must be finite numbers >= 0, got -0.001"),
+    ({"parameters": ["all", "hue"]}, "error: params.yaml: forensics.parameters: unknown group 'hue'"),
+])
+def test_forensics_stage_rejects_bad_params(tmp_path, patch, msg):
+    wd = project(tmp_path, merge(SMALL, merge(FORENSICS, {"forensics": patch})))
+    r = stage(wd, "forensics.py", "drone")
+    assert r.returncode == 1 and r.stderr.strip().startswith(msg) and len(r.stderr.strip().splitlines()) == 1
+    assert not (wd / "metrics").exists() and not (wd / "plots").exists()
+
+
+def test_only_forensics_stages_read_forensics_params_or_outputs():
+    """`dvc exp run -S forensics.lambda=...` reruns forensics@* and nothing else."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, st in stages.items():
+        body = st.get("do", st)
+        reads = [p for p in body.get("params", []) if isinstance(p, str) and p.startswith("forensics")]
+        deps = [d for d in body.get("deps", []) if "forensics" in d and not d.startswith(("stages/", "rawdrift/"))]
+        assert (name == "forensics") == bool(reads), name
+        assert not deps, (name, deps)

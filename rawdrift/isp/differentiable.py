@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from skimage.color.colorconv import rgb_from_yuv, yuv_from_rgb
 from torch import nn
+from torch.nn.utils import parametrize
 
 from rawdrift.camera import Camera
 from rawdrift.errors import RawdriftError
@@ -170,13 +171,12 @@ def process(raw: torch.Tensor, black_level: torch.Tensor, demosaic: torch.Tensor
     Returns:
         (B, 3, H, W) in [0, 1].
     """
-    v = black_level_correct(raw, black_level)
-    v = demosaic_conv(v, demosaic)
-    v = v * white_balance.reshape(1, 3, 1, 1)
-    v = colour_transform(v, colour_matrix)
+    v = demosaic_conv(black_level_correct(raw, black_level), demosaic)
     yuv_m = torch.as_tensor(yuv_from_rgb, dtype=v.dtype, device=v.device)
     rgb_m = torch.as_tensor(rgb_from_yuv, dtype=v.dtype, device=v.device)
-    yuv = colour_transform(v, yuv_m)
+    # white balance, colour matrix and RGB -> YUV are per-pixel linear maps: applied as their
+    # 3x3 product in one pass over the image (equal to applying them in turn, to rounding)
+    yuv = colour_transform(v, yuv_m @ colour_matrix @ torch.diag(white_balance))
     y = _conv_same(yuv[:, :1], sharpening.unsqueeze(0), "zeros")
     y = _conv_same(y, denoising.unsqueeze(0), "symmetric")
     v = colour_transform(torch.cat([y, yuv[:, 1:]], dim=1), rgb_m)
@@ -227,15 +227,6 @@ class ParametrizedISP(nn.Module):
         return process(raw.to(self.gamma.dtype), self.black_level, self.demosaic, self.white_balance,
                        self.colour_matrix, self.sharpening, self.denoising, self.gamma)
 
-    def group_parameters(self, groups) -> list[nn.Parameter]:
-        """The nn.Parameters of the named groups (``"all"`` for every group)."""
-        if isinstance(groups, str):
-            groups = PARAMETER_GROUPS if groups == "all" else (groups,)
-        unknown = [g for g in groups if g not in PARAMETER_GROUPS]
-        if unknown:
-            raise RawdriftError(f"unknown parameter group(s) {unknown}; expected {list(PARAMETER_GROUPS)}")
-        return [getattr(self, g) for g in groups]
-
     def to_dict(self) -> dict[str, list]:
         """Current parameters as nested lists (JSON-ready), keyed by group."""
         return {g: getattr(self, g).detach().cpu().double().tolist() for g in PARAMETER_GROUPS}
@@ -246,10 +237,13 @@ class ParametrizedISP(nn.Module):
             for g in PARAMETER_GROUPS:
                 if g not in values:
                     raise RawdriftError(f"ISP parameters: missing group {g!r}")
-                t = torch.as_tensor(values[g], dtype=self.gamma.dtype)
-                param = getattr(self, g)
-                if t.shape != param.shape:
+                current = getattr(self, g)
+                t = torch.as_tensor(values[g], dtype=current.dtype, device=current.device)
+                if t.shape != current.shape:
                     raise RawdriftError(
-                        f"ISP parameters: group {g!r} has shape {tuple(t.shape)}, expected {tuple(param.shape)}")
-                param.copy_(t)
+                        f"ISP parameters: group {g!r} has shape {tuple(t.shape)}, expected {tuple(current.shape)}")
+                if parametrize.is_parametrized(self, g):
+                    setattr(self, g, t)     # through the constraint's right_inverse (rawdrift.isp.constraints)
+                else:
+                    current.copy_(t)
         return self

@@ -1,0 +1,240 @@
+"""Drift forensics: constrained ISP parameters, SSIM, the adversarial search, the signature."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import photo_raw
+from rawdrift.camera import CAMERAS
+from rawdrift.errors import RawdriftError
+from rawdrift.forensics import (SearchSettings, adversarial_search, describe_change, forensic_signature,
+                                forensics_sweep, lambda_key, signature_markdown, ssim)
+from rawdrift.isp import PARAMETER_GROUPS, ParametrizedISP
+from rawdrift.isp.constraints import FixedSum, Positive, SignedPositive, SoftClamp, constrain, free_parameters
+from rawdrift.params import forensics_params
+from rawdrift.tasks import TaskConfig
+
+
+# --- constraints -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("module, value", [
+    (SoftClamp(), torch.tensor([9.8e-6, 0.0625, 0.5, 0.97], dtype=torch.float64)),
+    (SignedPositive(torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)),
+     torch.tensor([-0.6567, 1.9673, 0.004], dtype=torch.float64)),
+    (Positive(), torch.tensor([2.2], dtype=torch.float64)),
+    (FixedSum(torch.eye(3, dtype=torch.float64) * 2, ndim=1), torch.eye(3, dtype=torch.float64) * 2),
+])
+def test_parametrizations_invert_and_have_gradients(module, value):
+    u = module.right_inverse(value)
+    np.testing.assert_allclose(module(u).numpy(), value.numpy(), rtol=1e-9, atol=1e-12)
+    assert torch.autograd.gradcheck(module, (u.clone().requires_grad_(True),), eps=1e-7, atol=1e-6)
+
+
+def test_soft_clamp_is_identity_inside_and_bounded_outside():
+    f = SoftClamp()
+    u = torch.tensor([-5.0, -0.01, 0.02, 0.5, 0.98, 1.01, 7.0], dtype=torch.float64)
+    v = f(u)
+    assert ((v >= 0) & (v <= 1)).all()
+    np.testing.assert_allclose(v[2:5].numpy(), u[2:5].numpy(), atol=1e-12)
+    assert v[0] < 1e-30 and v[-1] == pytest.approx(1.0)
+
+
+def test_constrained_isp_reproduces_the_plain_one(camera):
+    raw = torch.from_numpy(photo_raw(camera, "astronaut"))[None].float()
+    plain, constrained = ParametrizedISP(camera), constrain(ParametrizedISP(camera))
+    # float32 rounding of the mapped parameters (~1e-12 on a black level) is amplified only
+    # where gamma's slope diverges (outputs near 0), as in the plain model's own eq. 6 test
+    assert (plain(raw) - constrained(raw)).abs().max() < 1e-4
+    for g in PARAMETER_GROUPS:
+        assert torch.allclose(getattr(plain, g), getattr(constrained, g), rtol=1e-6, atol=1e-9), g
+
+
+def test_constraints_hold_under_a_search_pushing_past_them(camera):
+    raw = torch.from_numpy(photo_raw(camera, "coffee"))[None].float()
+    isp = constrain(ParametrizedISP(camera))
+    start = {g: getattr(isp, g).detach().clone() for g in PARAMETER_GROUPS}
+    opt = torch.optim.Adam(free_parameters(isp, "all"), lr=0.3)
+    g = torch.Generator().manual_seed(0)
+    pull = {k: torch.randn(start[k].shape, generator=g) for k in ("demosaic", "sharpening", "denoising", "colour_matrix")}
+    for _ in range(40):     # black level up, gains and gamma down, kernels and matrix anywhere
+        loss = (-isp.black_level.sum() + isp.white_balance.abs().sum() + isp.gamma.sum()
+                - sum((getattr(isp, k) * w).sum() for k, w in pull.items()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    bl, wb, gamma = isp.black_level.detach(), isp.white_balance.detach(), isp.gamma.detach()
+    assert ((bl >= 0) & (bl <= 1)).all() and bl.min() > 0.9
+    assert (torch.sign(wb) == torch.sign(start["white_balance"])).all() or (wb == 0).any()
+    assert (wb.abs() < 0.05).all() and (gamma > 0).all() and gamma < 0.1
+    for g, dims in (("demosaic", (1, 2)), ("sharpening", (0, 1)), ("denoising", (0, 1)), ("colour_matrix", (1,))):
+        now, before = getattr(isp, g).detach().sum(dims), start[g].sum(dims)
+        assert torch.allclose(now, before, atol=2e-5), g
+        assert (getattr(isp, g).detach() - start[g]).abs().max() > 0.5, g       # and it did move
+    assert torch.isfinite(isp(raw)).all()
+
+
+def test_searching_one_group_leaves_the_others_exactly():
+    camera = CAMERAS["drone"]
+    raw = torch.from_numpy(photo_raw(camera, "chelsea"))[None].float()
+    isp = constrain(ParametrizedISP(camera))
+    before = isp.to_dict()
+    opt = torch.optim.Adam(free_parameters(isp, "gamma"), lr=0.1)
+    for _ in range(5):
+        opt.zero_grad()
+        isp(raw).mean().backward()
+        opt.step()
+    after = isp.to_dict()
+    assert after["gamma"] != before["gamma"]
+    assert all(after[g] == before[g] for g in PARAMETER_GROUPS if g != "gamma")
+    with pytest.raises(RawdriftError, match="unknown parameter group"):
+        free_parameters(isp, "saturation")
+
+
+def test_load_dict_into_a_constrained_isp_round_trips():
+    camera = CAMERAS["microscopy"]
+    raw = torch.from_numpy(photo_raw(camera, "astronaut"))[None].float()
+    a = constrain(ParametrizedISP(camera))
+    opt = torch.optim.Adam(free_parameters(a, "all"), lr=0.05)
+    for _ in range(3):
+        opt.zero_grad()
+        a(raw).std().backward()
+        opt.step()
+    b = constrain(ParametrizedISP(camera)).load_dict(a.to_dict())
+    c = ParametrizedISP(camera).load_dict(a.to_dict())
+    with torch.no_grad():
+        assert (a(raw) - b(raw)).abs().max() < 1e-5 and (a(raw) - c(raw)).abs().max() < 1e-5
+
+
+# --- SSIM ----------------------------------------------------------------------------------
+
+def test_ssim_matches_scikit_image():
+    from skimage.metrics import structural_similarity
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 1, (2, 3, 24, 30))
+    b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1)
+    ours = float(ssim(torch.from_numpy(a), torch.from_numpy(b)))
+    ref = np.mean([structural_similarity(a[i], b[i], channel_axis=0, gaussian_weights=True, sigma=1.5,
+                                         use_sample_covariance=False, data_range=1.0) for i in range(2)])
+    assert ours == pytest.approx(ref, abs=1e-10)
+    assert float(ssim(torch.from_numpy(a), torch.from_numpy(a))) == pytest.approx(1.0)
+
+
+# --- the search on a small case --------------------------------------------------------------
+
+class BrightnessClassifier(nn.Module):
+    """A frozen two-class model: 'bright' when a view's mean exceeds a threshold."""
+
+    def __init__(self, threshold: float, slope: float = 40.0) -> None:
+        super().__init__()
+        self.register_buffer("threshold", torch.tensor(threshold))
+        self.slope = slope
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        z = self.slope * (v.mean((1, 2, 3)) - self.threshold)
+        return torch.stack([-z, z], dim=1)
+
+
+def toy_case(n: int = 32, size: int = 16):
+    """Raw tiles of two brightness classes through the drone camera, and a model that separates them."""
+    camera = CAMERAS["drone"]
+    g = torch.Generator().manual_seed(0)
+    level = torch.where(torch.arange(n) % 2 == 0, 0.12, 0.3) * (1 + 0.1 * torch.rand(n, generator=g))
+    raw = (camera.black_level[0] + level[:, None, None] * (1 + 0.2 * torch.rand(n, size, size, generator=g)))
+    raw = raw.clamp(0, 1).float()
+    labels = (torch.arange(n) % 2 == 1).long()
+    with torch.no_grad():
+        means = ParametrizedISP(camera)(raw).mean((1, 2, 3))
+    # the bright class sits close to the threshold: the model's weak side, which the search must find
+    model = BrightnessClassifier(float(means[labels == 1].min()) - 0.02)
+    cfg = TaskConfig(task="classification", classes=2, loss="ce")
+    folds = (np.arange(n) // 2) % 2          # both classes in every fold
+    return camera, raw, labels, model, cfg, folds
+
+
+def test_search_degrades_the_model_as_lambda_falls_and_keeps_the_l2_budget_as_it_rises():
+    camera, raw, labels, model, cfg, folds = toy_case()
+    lambdas = [1e4, 1e2, 1.0, 0.0]
+    settings = SearchSettings(lam=0.0, epochs=15, lr=0.02, batch_size=8)
+    result = forensics_sweep(lambda k: model, cfg, camera, raw, labels, folds, lambdas, ["all", "black_level"],
+                             settings, seed=3, progress=False)
+    assert result["clean"]["mean"] == 1.0 and result["lambdas"] == sorted(lambdas, reverse=True)
+    for g in ("all", "black_level"):
+        metric = [result["results"][g][lambda_key(lam)]["metric"]["mean"] for lam in result["lambdas"]]
+        l2 = [result["results"][g][lambda_key(lam)]["l2"]["mean"] for lam in result["lambdas"]]
+        assert metric[0] >= 0.95 and metric[-1] <= 0.6, (g, metric)        # strong lambda: harmless; none: harmful
+        assert all(b <= a + 0.05 for a, b in zip(metric, metric[1:])), (g, metric)   # monotone within noise
+        # the budget: a tight lambda keeps the views close and the distance grows as lambda falls, up
+        # to Adam's own jitter around the optimum (~lr: l2 < 1e-3 here); lambda = 0 is unbounded
+        assert l2[0] < 1e-3 and l2[0] < 0.01 * max(l2), (g, l2)
+        assert all(b >= a * 0.9 or max(a, b) < 1e-3 for a, b in zip(l2[:-1], l2[1:-1])), (g, l2)
+        for entry in result["results"][g].values():
+            assert len(entry["parameters"]) == 2 and len(entry["metric"]["per_fold"]) == 2
+    moved = result["results"]["black_level"][lambda_key(0.0)]["change"][0]
+    assert moved["black_level"]["l2"] > 0 and all(moved[h]["l2"] == 0 for h in PARAMETER_GROUPS if h != "black_level")
+    assert set(result["results"]["all"][lambda_key(0.0)]["l2_by_group"][0]) == set(PARAMETER_GROUPS)
+
+    again = forensics_sweep(lambda k: model, cfg, camera, raw, labels, folds, lambdas, ["all", "black_level"],
+                            settings, seed=3, progress=False)
+    assert again == result                                                        # deterministic on CPU
+
+    sig = forensic_signature(result, tolerance=0.1)
+    bl = sig["groups"]["black_level"]
+    assert bl["fails_at"] is not None and bl["strongest"]["lambda"] == 0.0 and bl["safe_l2"] < bl["fails_at"]["l2"]
+    assert "black level" in bl["most_harmful_change"]
+    text = signature_markdown(sig, "toy")
+    assert text.count("\n| ") == 3 and "black level" in text
+
+
+def test_ssim_regulariser_search_runs_and_respects_its_budget():
+    camera, raw, labels, model, cfg, folds = toy_case()
+    tight = adversarial_search(model, cfg, camera, raw, labels, SearchSettings(lam=1e4, group="gamma", epochs=5,
+                                                                               regulariser="ssim"))
+    loose = adversarial_search(model, cfg, camera, raw, labels, SearchSettings(lam=0.0, group="gamma", epochs=5,
+                                                                               regulariser="ssim"))
+    g0 = 2.2
+    assert abs(tight.gamma.item() - g0) < abs(loose.gamma.item() - g0)
+
+
+def test_signature_bounds_on_a_hand_made_sweep():
+    def entry(metric, l2, rel):
+        return {"metric": {"mean": metric, "std": 0.01, "per_fold": [metric]}, "l2": {"mean": l2},
+                "change": [{g: {"relative": rel, "l2": rel, "mean": rel} for g in PARAMETER_GROUPS}],
+                "parameters": [ParametrizedISP(CAMERAS["drone"]).to_dict()]}
+    initial = ParametrizedISP(CAMERAS["drone"]).to_dict()
+    result = {"metric": "iou", "clean": {"mean": 0.8, "std": 0.02}, "groups": ["gamma"], "initial": initial,
+              "results": {"gamma": {"1e+02": entry(0.79, 1e-5, 0.01), "1e+00": entry(0.77, 1e-4, 0.05),
+                                    "1e-02": entry(0.60, 1e-3, 0.2), "0.0": entry(0.40, 1e-2, 0.5)}}}
+    g = forensic_signature(result, 0.05)["groups"]["gamma"]
+    assert g["safe_l2"] == 1e-4 and g["safe_parameter_change"] == 0.05
+    assert g["fails_at"] == {"lambda": 0.01, "metric": 0.60, "l2": 1e-3}
+    assert g["strongest"]["lambda"] == 0.0 and g["strongest"]["metric"] == 0.40
+    assert forensic_signature(result, 0.5)["groups"]["gamma"]["fails_at"] is None
+    with pytest.raises(RawdriftError, match="tolerance"):
+        forensic_signature(result, -0.1)
+
+
+def test_describe_change_speaks_in_the_groups_terms():
+    assert describe_change("black_level", [0.06] * 4, [0.08] * 4).startswith("black level up by 0.02")
+    assert describe_change("gamma", [2.2], [1.9]).startswith("gamma down by 0.3")
+    assert "B gain x2" in describe_change("white_balance", [2.0, 1.0, 1.5], [2.0, 1.0, 3.0])
+    k = np.full((5, 5), 0.04)
+    assert "more smoothing" in describe_change("denoising", k, k - np.eye(5)[2:3].T @ np.eye(5)[2:3] * 0.1)
+
+
+@pytest.mark.parametrize("patch, msg", [
+    ({"lambda": -1e-3}, "forensics.lambda values must be finite numbers >= 0"),
+    ({"lambda": [1e-3, "big"]}, "forensics.lambda values"),
+    ({"parameters": ["all", "saturation"]}, "unknown group 'saturation'"),
+    ({"regulariser": "l1"}, "forensics.regulariser"),
+    ({"tolerance": 2}, "forensics.tolerance"),
+    ({"epochs": 0}, "forensics.epochs"),
+])
+def test_forensics_params_reject_out_of_range_values(patch, msg):
+    base = {"lambda": [1.0, 1e-3], "parameters": ["all", "gamma"], "epochs": 20, "lr": 0.01, "batch_size": 16,
+            "search_tiles": 0, "regulariser": "l2", "tolerance": 0.05}
+    assert forensics_params({"forensics": base})["lambdas"] == [1.0, 1e-3]
+    assert forensics_params({"forensics": {**base, "lambda": 1e-3}})["lambdas"] == [1e-3]   # -S forensics.lambda=1e-3
+    assert forensics_params({"forensics": {**base, "lambda": "1e-3"}})["lambdas"] == [1e-3]  # how PyYAML reads it
+    with pytest.raises(RawdriftError, match=msg):
+        forensics_params({"forensics": {**base, **patch}})
