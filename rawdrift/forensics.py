@@ -44,6 +44,12 @@ SSIM_SIGMA: float = 1.5
 SSIM_RADIUS: int = 5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 
+#: Adam step of a group relative to ``forensics.lr``. Adam moves every parameter by about lr
+#: per step whatever its gradient, so the step must suit the parameter's scale: black levels
+#: are a few percent of full scale (Raw-Drone 0.0625), gains, kernel taps and matrix entries
+#: are of order 1, log gamma is relative already.
+STEP_SCALE: dict[str, float] = {"black_level": 0.1}
+
 
 @dataclass(frozen=True)
 class SearchSettings:
@@ -148,32 +154,59 @@ def adversarial_search(model: nn.Module, cfg: TaskConfig, camera: Camera, raw: t
     Returns:
         the searched, constrained ISP (``to_dict()`` gives its parameters).
     """
+    return adversarial_searches(model, cfg, camera, raw, target, [settings], [seed], amp)[0]
+
+
+def adversarial_searches(model: nn.Module, cfg: TaskConfig, camera: Camera, raw: torch.Tensor,
+                         target: torch.Tensor, settings: list[SearchSettings], seeds: list[int],
+                         amp: bool = False) -> list[ParametrizedISP]:
+    """Several independent searches stepped together: one task-model pass per step for all of them.
+
+    Each search has its own ISP, tile order (its seed), lambda, group and loss; their objectives
+    are summed, which leaves each search's gradient its own (the model is in eval mode, so
+    samples do not interact; Adam is elementwise). A model pass over ``len(settings) x
+    batch_size`` tiles is several times faster on a CPU than as many small passes. Every search
+    must share ``epochs``, ``batch_size``, ``lr`` and ``regulariser``; see :func:`adversarial_search`.
+    """
+    first = settings[0]
+    if any((s.epochs, s.batch_size, s.lr, s.regulariser) != (first.epochs, first.batch_size, first.lr,
+                                                               first.regulariser) for s in settings):
+        raise RawdriftError("searches stepped together must share epochs, batch_size, lr and regulariser")
     device = raw.device
     _freeze(model)
-    isp = constrain(ParametrizedISP(camera)).to(device)
     reference = ParametrizedISP(camera).to(device)
-    params = free_parameters(isp, settings.group)
-    opt = torch.optim.Adam(params, lr=settings.lr)
-    gen = torch.Generator().manual_seed(seed)
-    n = raw.shape[0]
     with torch.no_grad():
         v_ref_all = reference(raw)
-    bs = min(settings.batch_size, n)
-    for _ in range(settings.epochs):
-        order = torch.randperm(n, generator=gen).to(device)
+    isps, groups = [], []
+    for s in settings:
+        isp = constrain(ParametrizedISP(camera)).to(device)
+        for p in free_parameters(isp, s.group):
+            groups.append({"params": [p], "lr": first.lr * STEP_SCALE.get(_group_of(isp, p), 1.0)})
+        isps.append(isp)
+    opt = torch.optim.Adam(groups, lr=first.lr)
+    gens = [torch.Generator().manual_seed(seed) for seed in seeds]
+    n = raw.shape[0]
+    bs = min(first.batch_size, n)
+    for _ in range(first.epochs):
+        orders = [torch.randperm(n, generator=g).to(device) for g in gens]
         for i in range(0, n - bs + 1, bs):     # full batches only: every step weighs the same
-            idx = order[i:i + bs]
-            v_ref = v_ref_all[idx]
+            idx = [order[i:i + bs] for order in orders]
             with parametrize.cached():
-                v = isp(raw[idx])
+                views = [isp(raw[ix]) for isp, ix in zip(isps, idx)]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(v.contiguous(memory_format=torch.channels_last))
-            task_loss = loss_fn(cfg, logits, target[idx])
-            objective = settings.lam * regularise(settings.regulariser, v, v_ref) - task_loss
+                logits = model(torch.cat(views).contiguous(memory_format=torch.channels_last))
+            objective = 0.0
+            for k, (s, v, ix) in enumerate(zip(settings, views, idx)):
+                task_loss = loss_fn(cfg, logits[k * bs:(k + 1) * bs], target[ix])
+                objective = objective + s.lam * regularise(s.regulariser, v, v_ref_all[ix]) - task_loss
             opt.zero_grad(set_to_none=True)
             objective.backward()
             opt.step()
-    return isp
+    return isps
+
+
+def _group_of(isp: ParametrizedISP, p: torch.Tensor) -> str:
+    return next(g for g in PARAMETER_GROUPS if isp.parametrizations[g].original is p)
 
 
 @torch.no_grad()
@@ -230,7 +263,7 @@ def lambda_key(lam: float) -> str:
 
 def forensics_sweep(load_model, cfg: TaskConfig, camera: Camera, raw: torch.Tensor, target: torch.Tensor,
                     folds: np.ndarray, lambdas, groups, settings: SearchSettings, search_tiles: int = 0,
-                    seed: int = 0, amp: bool = False, progress: bool = True) -> dict:
+                    seed: int = 0, amp: bool = False, progress: bool = True, max_batch: int = 64) -> dict:
     """Every (group, lambda, fold) search, evaluated on the fold's held-out tiles.
 
     Args:
@@ -242,6 +275,8 @@ def forensics_sweep(load_model, cfg: TaskConfig, camera: Camera, raw: torch.Tens
         settings: epochs, lr, batch size, regulariser (its lam and group are replaced).
         search_tiles: training tiles per fold used for the search (a seeded subset, the same for
             every search of the fold); 0 = all of them.
+        max_batch: tiles per task-model pass: ``max_batch // batch_size`` searches are stepped
+            together (:func:`adversarial_searches`); an execution setting, not a result one.
 
     Returns:
         the ``metrics/forensics/<dataset>.json`` dict: metric, lambdas, groups, settings, clean
@@ -271,11 +306,16 @@ def forensics_sweep(load_model, cfg: TaskConfig, camera: Camera, raw: torch.Tens
         with torch.no_grad():
             ref_test = torch.cat([reference(raw[test_idx[i:i + 64]]) for i in range(0, test_idx.numel(), 64)])
         clean.append(evaluate_isp(model, cfg.task, reference, ref_test, raw[test_idx], target[test_idx], amp=amp)["metric"])
-        for g in groups:
-            for lam in lambdas:
-                s = SearchSettings(lam=lam, group=g, epochs=settings.epochs, lr=settings.lr,
-                                   batch_size=settings.batch_size, regulariser=settings.regulariser)
-                isp = adversarial_search(model, cfg, camera, raw[tr], target[tr], s, search_seed(seed, g, lam, k), amp)
+        pairs = [(g, lam) for g in groups for lam in lambdas]
+        per_step = max(1, max_batch // max(1, min(settings.batch_size, tr.numel())))
+        for c in range(0, len(pairs), per_step):
+            chunk = pairs[c:c + per_step]
+            searched = adversarial_searches(
+                model, cfg, camera, raw[tr], target[tr],
+                [SearchSettings(lam=lam, group=g, epochs=settings.epochs, lr=settings.lr,
+                                batch_size=settings.batch_size, regulariser=settings.regulariser) for g, lam in chunk],
+                [search_seed(seed, g, lam, k) for g, lam in chunk], amp)
+            for (g, lam), isp in zip(chunk, searched):
                 ev = evaluate_isp(model, cfg.task, isp, ref_test, raw[test_idx], target[test_idx], amp=amp)
                 params = isp.to_dict()
                 record = {**ev, "parameters": params, "change": parameter_change(initial, params)}

@@ -32,9 +32,12 @@ def load_fold_model(model_dir: str | Path, fold: int, device: torch.device | str
     path = model_dir / f"fold{fold}.safetensors"
     if not path.exists():
         raise RawdriftError(f"{path}: file not found")
-    model = TaskModel(cfg)
+    # Built without storage (meta device) and given the stored tensors: random initialisation
+    # of weights that are overwritten anyway took ~0.3-0.4 s per model, x36 per evaluation stage.
+    with torch.device("meta"):
+        model = TaskModel(cfg)
     try:
-        model.load_state_dict(load_file(str(path)))
+        model.load_state_dict(load_file(str(path)), assign=True)
     except Exception as e:   # safetensors raises its own error types for corrupt files
         raise RawdriftError(f"{path}: cannot load weights ({e})") from None
     return model.to(device, memory_format=torch.channels_last).eval()

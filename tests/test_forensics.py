@@ -8,7 +8,7 @@ from torch import nn
 from conftest import photo_raw
 from rawdrift.camera import CAMERAS
 from rawdrift.errors import RawdriftError
-from rawdrift.forensics import (SearchSettings, adversarial_search, describe_change, forensic_signature,
+from rawdrift.forensics import (SearchSettings, adversarial_search, adversarial_searches, describe_change, forensic_signature,
                                 forensics_sweep, lambda_key, signature_markdown, ssim)
 from rawdrift.isp import PARAMETER_GROUPS, ParametrizedISP
 from rawdrift.isp.constraints import FixedSum, Positive, SignedPositive, SoftClamp, constrain, free_parameters
@@ -238,3 +238,16 @@ def test_forensics_params_reject_out_of_range_values(patch, msg):
     assert forensics_params({"forensics": {**base, "lambda": "1e-3"}})["lambdas"] == [1e-3]  # how PyYAML reads it
     with pytest.raises(RawdriftError, match=msg):
         forensics_params({"forensics": {**base, **patch}})
+
+
+def test_searches_stepped_together_equal_searches_run_alone():
+    camera, raw, labels, model, cfg, folds = toy_case()
+    settings = [SearchSettings(lam=lam, group=g, epochs=3, lr=0.02, batch_size=8)
+                for g, lam in (("all", 1.0), ("black_level", 0.0), ("gamma", 10.0))]
+    together = adversarial_searches(model, cfg, camera, raw, labels, settings, [1, 2, 3])
+    for s, seed, isp in zip(settings, [1, 2, 3], together):
+        alone = adversarial_search(model, cfg, camera, raw, labels, s, seed).to_dict()
+        for g, value in isp.to_dict().items():
+            np.testing.assert_allclose(value, alone[g], rtol=1e-5, atol=1e-6, err_msg=f"{s.group} {g}")
+    with pytest.raises(RawdriftError, match="share epochs"):
+        adversarial_searches(model, cfg, camera, raw, labels, [settings[0], SearchSettings(lam=1.0, epochs=4)], [1, 2])
