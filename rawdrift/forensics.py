@@ -227,13 +227,17 @@ def evaluate_isp(model: nn.Module, task: str, isp: ParametrizedISP, reference: t
 
 
 def parameter_change(initial: dict, searched: dict) -> dict:
-    """Per group: l2 norm of the change, relative to the initial norm, and the mean signed change."""
+    """Per group: l2 norm of the change, relative to the initial norm, and the mean signed change.
+
+    The black level is relative to the full scale (a black level of 1 at every site) rather
+    than to its initial value, which is about 0 for some cameras (Raw-Microscopy: 1e-5).
+    """
     out = {}
     for g in PARAMETER_GROUPS:
         a, b = np.asarray(initial[g], dtype=np.float64), np.asarray(searched[g], dtype=np.float64)
         d = b - a
-        out[g] = {"l2": float(np.linalg.norm(d)), "relative": float(np.linalg.norm(d) / max(np.linalg.norm(a), 1e-12)),
-                  "mean": float(d.mean())}
+        ref = np.sqrt(a.size) if g == "black_level" else max(np.linalg.norm(a), 1e-12)
+        out[g] = {"l2": float(np.linalg.norm(d)), "relative": float(np.linalg.norm(d) / ref), "mean": float(d.mean())}
     return out
 
 
@@ -376,11 +380,6 @@ def describe_change(group: str, initial, searched) -> str:
     return f"{group}: centre tap {a[h, h]:.3g} -> {b[h, h]:.3g} ({effect}; kernel sum fixed)"
 
 
-def _mean_parameters(per_fold: list[dict]) -> dict:
-    return {g: np.mean([np.asarray(p[g], dtype=np.float64) for p in per_fold], axis=0).tolist()
-            for g in PARAMETER_GROUPS}
-
-
 def _searched_deviation(entry: dict, group: str) -> float:
     """Relative parameter change of the searched group(s), mean over folds (the largest group for "all")."""
     groups = PARAMETER_GROUPS if group == "all" else (group,)
@@ -397,8 +396,10 @@ def forensic_signature(result: dict, tolerance: float) -> dict:
       the mean metric within ``tolerance`` of clean; 0 when even the mildest search fell out.
     - ``fails_at``: the mildest search (largest lambda) that fell out of the band, or None.
     - ``strongest``: lambda, metric (mean, std), l2 at the smallest lambda.
-    - ``most_harmful_change``: how the parameters moved at the strongest search (mean over
-      folds); for ``all``, the group whose change alone moves the views most (``l2_by_group``).
+    - ``most_harmful_change``: how the parameters moved at the strongest search, in the fold
+      where the metric fell furthest (folds can move a parameter in opposite directions, so a
+      mean over folds could describe a change no search made); for ``all``, the group whose
+      change alone moves the views most in that fold (``l2_by_group``).
     """
     if not (isinstance(tolerance, (int, float)) and tolerance >= 0):
         raise RawdriftError(f"forensics.tolerance must be a number >= 0, got {tolerance!r}")
@@ -417,13 +418,15 @@ def forensic_signature(result: dict, tolerance: float) -> dict:
             return float(max(ok)) if ok else 0.0
 
         lam_s, strongest = rows[-1]
-        params = _mean_parameters(strongest["parameters"])
+        worst = int(np.argmin(strongest["metric"]["per_fold"]))     # folds may move in opposite directions
+        params = strongest["parameters"][worst]
         if g == "all":
-            by_group = {h: float(np.mean([x[h] for x in strongest["l2_by_group"]])) for h in PARAMETER_GROUPS}
+            by_group = strongest["l2_by_group"][worst]
             lead = max(by_group, key=by_group.get)
             harmful = f"{describe_change(lead, result['initial'][lead], params[lead])} (alone: l2 {by_group[lead]:.3g})"
         else:
             harmful = describe_change(g, result["initial"][g], params[g])
+        harmful += f"; fold {worst}, {result['metric']} {strongest['metric']['per_fold'][worst]:.3f}"
         out["groups"][g] = {
             "safe_l2": safe(lambda v: v["l2"]["mean"]),
             "safe_parameter_change": safe(lambda v: _searched_deviation(v, g)),
@@ -452,6 +455,8 @@ def signature_markdown(signature: dict, dataset: str) -> str:
         lines.append(f"| {g.replace('_', ' ')} | {s['safe_l2']:.2g} | {100 * s['safe_parameter_change']:.3g} % | {fails} | "
                      f"{st['metric']:.3f} ± {st['metric_std']:.3f} ({st['lambda']:g}) | {s['most_harmful_change']} |")
     lines += ["", "safe l2 / parameter change: the largest l2 distance to the clean views (mean squared difference "
-              "per pixel and channel) and relative parameter change for which every search with a smaller one kept "
-              f"the mean {m} within {tol:g} of clean."]
+              "per pixel and channel) and relative parameter change (norm of the change over the initial norm; the "
+              "black level over the full scale; for all, the largest group) for which every search with a smaller "
+              f"one kept the mean {m} over folds within {tol:g} of clean. Most harmful change: at the strongest "
+              "search, in the fold that lost most."]
     return "\n".join(lines) + "\n"
