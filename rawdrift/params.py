@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,26 @@ DATASETS: tuple[str, ...] = ("microscopy", "drone")
 SOURCES: tuple[str, ...] = ("synthetic",)
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader reading floats as YAML 1.2 does (``1e-3``; YAML 1.1 needs ``1.0e-3``).
+
+    ``dvc exp run -S train.microscopy.lr=1e-4`` writes ``1e-4`` (DVC's ruamel speaks 1.2);
+    without this, PyYAML would hand the stages the string '1e-4'.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+"
+               r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF))$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."))
+
+
 def load_params(path: str | Path = "params.yaml") -> dict:
     """Parse params.yaml into a dict; a missing or malformed file is a one-line error."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_Loader)
     except FileNotFoundError:
         raise RawdriftError(f"{path}: file not found") from None
     except yaml.YAMLError as e:
@@ -129,17 +145,6 @@ def corruption_params(params: dict) -> dict:
             "reference_tile": int_param(params, "corruptions.reference_tile", 1)}
 
 
-def _yaml11_float(value):
-    """``1e-3`` as written by ``dvc exp run -S`` (YAML 1.2) is a string to PyYAML (YAML 1.1,
-    which wants ``1.0e-3``): read such strings as the numbers they are; leave anything else."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
 def _number_list(params: dict, dotted: str) -> list:
     value = get(params, dotted)
     return list(value) if isinstance(value, list) else [value]
@@ -149,7 +154,7 @@ def forensics_params(params: dict) -> dict:
     """``forensics.*``: lambda (one value or a list), parameters (searches), epochs, lr,
     batch_size, search_tiles, regulariser, tolerance; validated, errors name the param."""
     from rawdrift.forensics import REGULARISERS, SEARCHES
-    lambdas = [_yaml11_float(v) for v in _number_list(params, "forensics.lambda")]
+    lambdas = _number_list(params, "forensics.lambda")
     if not lambdas:
         raise RawdriftError("params.yaml: forensics.lambda must be a number >= 0 or a non-empty list of them")
     for v in lambdas:

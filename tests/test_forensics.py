@@ -12,7 +12,7 @@ from rawdrift.forensics import (SearchSettings, adversarial_search, adversarial_
                                 forensics_sweep, lambda_key, signature_markdown, ssim)
 from rawdrift.isp import PARAMETER_GROUPS, ParametrizedISP
 from rawdrift.isp.constraints import FixedSum, Positive, SignedPositive, SoftClamp, constrain, free_parameters
-from rawdrift.params import forensics_params
+from rawdrift.params import forensics_params, load_params
 from rawdrift.tasks import TaskConfig
 
 
@@ -235,7 +235,6 @@ def test_forensics_params_reject_out_of_range_values(patch, msg):
             "search_tiles": 0, "regulariser": "l2", "tolerance": 0.05}
     assert forensics_params({"forensics": base})["lambdas"] == [1.0, 1e-3]
     assert forensics_params({"forensics": {**base, "lambda": 1e-3}})["lambdas"] == [1e-3]   # -S forensics.lambda=1e-3
-    assert forensics_params({"forensics": {**base, "lambda": "1e-3"}})["lambdas"] == [1e-3]  # how PyYAML reads it
     with pytest.raises(RawdriftError, match=msg):
         forensics_params({"forensics": {**base, **patch}})
 
@@ -251,3 +250,13 @@ def test_searches_stepped_together_equal_searches_run_alone():
             np.testing.assert_allclose(value, alone[g], rtol=1e-5, atol=1e-6, err_msg=f"{s.group} {g}")
     with pytest.raises(RawdriftError, match="share epochs"):
         adversarial_searches(model, cfg, camera, raw, labels, [settings[0], SearchSettings(lam=1.0, epochs=4)], [1, 2])
+
+
+def test_params_read_exponent_floats_as_dvc_writes_them(tmp_path):
+    """`dvc exp run -S forensics.lambda=1e-3` writes `1e-3`, a string to plain PyYAML (YAML 1.1)."""
+    path = tmp_path / "params.yaml"
+    path.write_text("forensics:\n  lambda: 1e-3\n  lr: 2.5E+1\n  epochs: 20\n  name: 1e3x\n"
+                    "  list: [1e4, 1.5, .5, 7]\n")
+    f = load_params(path)["forensics"]
+    assert f["lambda"] == 1e-3 and f["lr"] == 25.0 and f["list"] == [1e4, 1.5, 0.5, 7]
+    assert type(f["epochs"]) is int and type(f["list"][3]) is int and f["name"] == "1e3x"
