@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from rawdrift.camera import Camera
 from rawdrift.errors import RawdriftError
-from rawdrift.isp.constraints import constrain, free_parameters
+from rawdrift.isp.constraints import constrain, optimiser_groups
 from rawdrift.isp.differentiable import PARAMETER_GROUPS, ParametrizedISP
 from rawdrift.tasks import METRIC, TaskConfig, loss_fn, predict, score
 
@@ -43,12 +43,6 @@ REGULARISERS: tuple[str, ...] = ("l2", "ssim")
 SSIM_SIGMA: float = 1.5
 SSIM_RADIUS: int = 5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
-
-#: Adam step of a group relative to ``forensics.lr``. Adam moves every parameter by about lr
-#: per step whatever its gradient, so the step must suit the parameter's scale: black levels
-#: are a few percent of full scale (Raw-Drone 0.0625), gains, kernel taps and matrix entries
-#: are of order 1, log gamma is relative already.
-STEP_SCALE: dict[str, float] = {"black_level": 0.1}
 
 
 @dataclass(frozen=True)
@@ -180,8 +174,7 @@ def adversarial_searches(model: nn.Module, cfg: TaskConfig, camera: Camera, raw:
     isps, groups = [], []
     for s in settings:
         isp = constrain(ParametrizedISP(camera)).to(device)
-        for p in free_parameters(isp, s.group):
-            groups.append({"params": [p], "lr": first.lr * STEP_SCALE.get(_group_of(isp, p), 1.0)})
+        groups += optimiser_groups(isp, s.group, first.lr)
         isps.append(isp)
     opt = torch.optim.Adam(groups, lr=first.lr)
     gens = [torch.Generator().manual_seed(seed) for seed in seeds]
@@ -203,10 +196,6 @@ def adversarial_searches(model: nn.Module, cfg: TaskConfig, camera: Camera, raw:
             objective.backward()
             opt.step()
     return isps
-
-
-def _group_of(isp: ParametrizedISP, p: torch.Tensor) -> str:
-    return next(g for g in PARAMETER_GROUPS if isp.parametrizations[g].original is p)
 
 
 @torch.no_grad()

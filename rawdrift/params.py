@@ -106,6 +106,15 @@ def ratios_param(params: dict, dotted: str) -> list[float]:
     return sorted(out)
 
 
+def task_params(params: dict, dataset: str):
+    """``train.<dataset>`` as a TaskConfig, without per-view overrides (drift optimization)."""
+    from rawdrift.tasks import task_config
+    base = get(params, f"train.{dataset}")
+    if not isinstance(base, dict):
+        raise RawdriftError(f"params.yaml: train.{dataset} must be a mapping")
+    return task_config(dataset, base, f"train.{dataset}")
+
+
 def train_config(params: dict, dataset: str, view: str):
     """``train.<dataset>`` with the per-view overrides ``train.views.<dataset>-<view>`` applied."""
     from rawdrift.tasks import task_config
@@ -183,3 +192,29 @@ def forensics_params(params: dict) -> dict:
             "batch_size": int_param(params, "forensics.batch_size", 1),
             "search_tiles": int_param(params, "forensics.search_tiles", 0),
             "regulariser": reg, "tolerance": float(tol)}
+
+
+def optimize_params(params: dict, dataset: str) -> dict:
+    """``optimize.{modes, intensities, isp_lr}`` and ``optimize.<dataset>.{epochs, eval_every}``,
+    validated; errors name the param. Whether the data holds those exposures is the stage's check."""
+    from rawdrift.optimization import MODES
+    modes = _number_list(params, "optimize.modes")
+    for m in modes:
+        if m not in MODES:
+            raise RawdriftError(f"params.yaml: optimize.modes: unknown mode {m!r}; expected some of {', '.join(MODES)}")
+    if not modes or len(set(modes)) != len(modes):
+        raise RawdriftError("params.yaml: optimize.modes must list each mode at most once, and at least one")
+    values = _number_list(params, "optimize.intensities")
+    intensities = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < float(v) <= 1:
+            raise RawdriftError(f"params.yaml: optimize.intensities entries must lie in (0, 1], got {v!r}")
+        intensities.append(float(v))
+    if not intensities or len(set(round(v * 100) for v in intensities)) != len(intensities):
+        raise RawdriftError("params.yaml: optimize.intensities must be a non-empty list of distinct ratios")
+    lr = get(params, "optimize.isp_lr")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise RawdriftError(f"params.yaml: optimize.isp_lr must be a number > 0, got {lr!r}")
+    return {"modes": modes, "intensities": sorted(intensities), "isp_lr": float(lr),
+            "epochs": int_param(params, f"optimize.{dataset}.epochs", 1),
+            "eval_every": int_param(params, f"optimize.{dataset}.eval_every", 1)}

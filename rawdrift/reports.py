@@ -190,3 +190,48 @@ def forensics_tiles(clean: np.ndarray, searched: list[np.ndarray], labels: list[
     fig.tight_layout()
     save_figure(fig, out, dpi=80)
     plt.close(fig)
+
+
+#: Line colours of the drift-optimization modes (figure 7: learned blue, frozen red).
+MODE_COLOURS = {"learned": "tab:blue", "frozen": "tab:red", "raw": "tab:green"}
+
+
+def optimization_figure(summary: dict, tiles: dict, out: str | Path, title: str) -> None:
+    """Figure 7: per intensity (rows), one tile through the frozen and the learned data model,
+    and the held-out metric over optimisation steps (mean over folds, std band) of every mode.
+
+    summary: :func:`rawdrift.optimization.summarise` output; tiles: {intensity: {"frozen": (3, H, W),
+    "learned": (3, H, W)}} in [0, 1] (either may be missing).
+    """
+    by_intensity: dict[float, list] = {}
+    for name, s in summary["settings"].items():
+        by_intensity.setdefault(s["intensity"], []).append((name, s))
+    rows = sorted(by_intensity)
+    fig, axes = plt.subplots(len(rows), 3, figsize=(12, 3.4 * len(rows)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1, 2.4]})
+    for r, intensity in enumerate(rows):
+        for c, mode in enumerate(("frozen", "learned")):
+            ax = axes[r, c]
+            img = tiles.get(intensity, {}).get(mode)
+            if img is not None:
+                ax.imshow(np.clip(img, 0, 1).transpose(1, 2, 0), interpolation="nearest")
+            ax.set_title(f"{mode} ISP, raw intensity {intensity:g}", fontsize=8)
+            ax.axis("off")
+        ax = axes[r, 2]
+        for name, s in sorted(by_intensity[intensity], key=lambda kv: kv[1]["mode"]):
+            curve = s["curve"]
+            x, m, sd = np.array(curve["step"]), np.array(curve["mean"]), np.array(curve["std"])
+            colour = MODE_COLOURS.get(s["mode"])
+            ax.plot(x, m, color=colour, lw=1.6,
+                    label=f"{s['mode']} ({s['table']['mean']:.2f} +- {s['table']['std']:.2f})")
+            ax.fill_between(x, m - sd, m + sd, color=colour, alpha=0.2, lw=0)
+        ax.set_xlabel("optimisation step")
+        ax.set_ylabel(f"held-out {summary['metric']}")
+        ax.set_title(f"raw intensity {intensity:g}: mean over folds, band = 1 std "
+                     f"(legend: table 2, mean +- std over folds and steps)", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, out, dpi=80)
+    plt.close(fig)

@@ -36,7 +36,7 @@ def dihedral_augment(x: torch.Tensor, y: torch.Tensor | None, generator: torch.G
 
 
 def channel_stats(views: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of (N, 3, H, W) views (the model's input normalisation)."""
+    """Per-channel mean and std of (N, C, H, W) inputs in [0, 1] (the model's input normalisation)."""
     v = views.double()
     return v.mean(dim=(0, 2, 3)).tolist(), v.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
 
@@ -123,8 +123,7 @@ def train_folds(cfg: TaskConfig, views: torch.Tensor, targets: torch.Tensor, fol
         torch.manual_seed(seed * 1000 + k)
         model = TaskModel(cfg)
         mean, std = channel_stats(views[train_idx.cpu()])
-        model.normalize.mean.copy_(torch.tensor(mean).reshape(1, 3, 1, 1))
-        model.normalize.std.copy_(torch.tensor(std).reshape(1, 3, 1, 1))
+        model.normalize.set_stats(mean, std)
         model = model.to(device, memory_format=fmt)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs) if cfg.schedule == "cosine"

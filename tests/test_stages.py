@@ -302,3 +302,61 @@ def test_only_forensics_stages_read_forensics_params_or_outputs():
         deps = [d for d in body.get("deps", []) if "forensics" in d and not d.startswith(("stages/", "rawdrift/"))]
         assert (name == "forensics") == bool(reads), name
         assert not deps, (name, deps)
+
+
+OPTIMIZE = {"train": {"drone": {"arch": "unet", "encoder": "resnet18", "encoder_depth": 3,
+                                "decoder_channels": [16, 8, 4], "epochs": 1, "batch_size": 2, "lr": 0.001,
+                                "loss": "dice_bce"}},
+            "optimize": {"modes": ["learned", "frozen", "raw"], "intensities": [0.1, 1.0], "isp_lr": 0.05,
+                         "microscopy": {"epochs": 2, "eval_every": 2}, "drone": {"epochs": 2, "eval_every": 1}}}
+
+
+@pytest.mark.parametrize("dataset", ["microscopy", "drone"])
+def test_optimize_stage_writes_table_curves_isps_and_figure(fetched, tmp_path, dataset):
+    from rawdrift.optimization import load_isp
+    wd = project(tmp_path, merge(merge(SMALL, TRAIN), OPTIMIZE))
+    shutil.copytree(fetched / f"data/raw/{dataset}", wd / f"data/raw/{dataset}")
+    r = stage(wd, "optimize.py", dataset)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"optimize@{dataset}: table 2 (")
+    m = json.loads((wd / f"metrics/optimize/{dataset}.json").read_text())
+    names = {f"{mode}_{s}" for mode in ("learned", "frozen", "raw") for s in ("scale010", "scale100")}
+    assert set(m["settings"]) == names and m["metric"] == ("accuracy" if dataset == "microscopy" else "iou")
+    for s in m["settings"].values():
+        assert s["folds"] == 3 and 0 <= s["table"]["mean"] <= 1 and len(s["final"]["per_fold"]) == 3
+        assert len(s["curve"]["step"]) == len(s["curve"]["mean"]) == len(s["curve"]["std"]) >= 2
+    curves = (wd / f"plots/optimize/{dataset}/curves.csv").read_text().splitlines()
+    assert curves[0] == f"step,setting,fold,{m['metric']}"
+    assert len(curves) - 1 == sum(len(s["curve"]["step"]) * 3 for s in m["settings"].values())
+    assert (wd / f"plots/optimize/{dataset}/plots/metrics/learned_scale010/val_{m['metric']}.tsv").exists()
+    isps = sorted(p.name for p in (wd / f"models/optimize/{dataset}").iterdir())
+    assert isps == [f"isp_{s}_fold{k}.json" for s in ("scale010", "scale100") for k in range(3)]
+    exported = json.loads((wd / f"models/optimize/{dataset}/isp_scale100_fold2.json").read_text())
+    assert load_isp(exported).to_dict()["gamma"][0] == pytest.approx(exported["parameters"]["gamma"][0], rel=1e-6)
+    assert (wd / f"plots/optimize/{dataset}.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("patch, msg", [
+    ({"optimize": {"intensities": [0.05, 1.0]}},
+     "error: params.yaml: optimize.intensities: 0.05 is not among the exposures of data/raw/microscopy"),
+    ({"optimize": {"modes": ["learned", "learned"]}}, "error: params.yaml: optimize.modes must list each mode"),
+])
+def test_optimize_stage_rejects_bad_params(fetched, tmp_path, patch, msg):
+    wd = project(tmp_path, merge(merge(merge(SMALL, TRAIN), OPTIMIZE), patch))
+    shutil.copytree(fetched / "data/raw/microscopy", wd / "data/raw/microscopy")
+    r = stage(wd, "optimize.py", "microscopy")
+    assert r.returncode == 1 and r.stderr.strip().startswith(msg) and len(r.stderr.strip().splitlines()) == 1
+    assert not (wd / "metrics").exists() and not (wd / "plots").exists() and not (wd / "models").exists()
+
+
+def test_optimize_stages_start_from_raw_data_and_alone_read_optimize_params():
+    """The DAG of DESIGN.md: fetch -> optimize (no trained models, no views); `-S optimize.*`
+    reruns optimize@* only."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    opt = stages["optimize"]["do"]
+    data = [d for d in opt["deps"] if not d.startswith(("stages/", "rawdrift/"))]
+    assert data == ["data/raw/${item}"]
+    for name, st in stages.items():
+        body = st.get("do", st)
+        reads = [p for p in body.get("params", []) if isinstance(p, str) and p.startswith("optimize")]
+        assert (name == "optimize") == bool(reads), name

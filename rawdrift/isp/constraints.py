@@ -44,6 +44,12 @@ BLACK_LEVEL_SOFTNESS: float = 1e-3
 #: Width (gain units) over which a white-balance gain's zero bound is softened.
 GAIN_SOFTNESS: float = 1e-2
 
+#: Adam step of a group relative to the optimiser's learning rate. Adam moves every parameter
+#: by about lr per step whatever its gradient, so the step must suit the parameter's scale:
+#: black levels are a few percent of full scale (Raw-Drone 0.0625), gains, kernel taps and
+#: matrix entries are of order 1, log gamma is relative already.
+STEP_SCALE: dict[str, float] = {"black_level": 0.1}
+
 
 def _softplus_inverse(v: torch.Tensor, width: float) -> torch.Tensor:
     """``u`` with ``width * softplus(u / width) = v`` for v > 0, computed stably in float64."""
@@ -170,3 +176,13 @@ def free_parameters(isp: ParametrizedISP, groups) -> list[nn.Parameter]:
         if g in groups:
             out.append(original)
     return out
+
+
+def optimiser_groups(isp: ParametrizedISP, groups, lr: float) -> list[dict]:
+    """Adam parameter groups for the named ISP groups (``"all"`` for every group), each with
+    ``lr`` times its :data:`STEP_SCALE` and no weight decay; the other groups are frozen
+    (:func:`free_parameters`)."""
+    params = free_parameters(isp, groups)
+    names = [g for g in PARAMETER_GROUPS if isp.parametrizations[g].original.requires_grad]
+    return [{"params": [p], "lr": lr * STEP_SCALE.get(g, 1.0), "weight_decay": 0.0}
+            for g, p in zip(names, params)]

@@ -25,6 +25,9 @@ FOREGROUND_PRIOR: float = 0.05
 
 TASKS = {"microscopy": "classification", "drone": "segmentation"}
 
+#: Segmentation networks (segmentation_models_pytorch): U-Net++ (paper A.2) and plain U-Net.
+SEGMENTATION_ARCHS: tuple[str, ...] = ("unetplusplus", "unet")
+
 
 @dataclass
 class TaskConfig:
@@ -80,54 +83,67 @@ def task_config(dataset: str, values: dict, where: str) -> TaskConfig:
         raise RawdriftError(f"params.yaml: {where}.loss must be one of {', '.join(allowed)}, got {cfg.loss!r}")
     if cfg.task == "classification" and cfg.arch != "resnet18":
         raise RawdriftError(f"params.yaml: {where}.arch must be resnet18, got {cfg.arch!r}")
-    if cfg.task == "segmentation" and cfg.arch != "unetplusplus":
-        raise RawdriftError(f"params.yaml: {where}.arch must be unetplusplus, got {cfg.arch!r}")
+    if cfg.task == "segmentation" and cfg.arch not in SEGMENTATION_ARCHS:
+        raise RawdriftError(f"params.yaml: {where}.arch must be one of {', '.join(SEGMENTATION_ARCHS)}, "
+                            f"got {cfg.arch!r}")
     return cfg
 
 
 class Normalize(nn.Module):
-    """Per-channel standardisation with stored statistics: (B, 3, H, W) -> same shape."""
+    """Per-channel standardisation with stored statistics: (B, C, H, W) -> same shape."""
 
-    def __init__(self, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)) -> None:
+    def __init__(self, channels: int = 3) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1))
-        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1))
+        self.register_buffer("mean", torch.full((1, channels, 1, 1), 0.5))
+        self.register_buffer("std", torch.full((1, channels, 1, 1), 0.25))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def set_stats(self, mean, std) -> None:
+        """Store per-channel statistics (sequences of C floats)."""
+        c = self.mean.shape[1]
+        self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32).reshape(1, c, 1, 1))
+        self.std.copy_(torch.as_tensor(std, dtype=torch.float32).reshape(1, c, 1, 1))
 
 
 class TaskModel(nn.Module):
     """Normalize followed by the network; ``forward`` takes views in [0, 1].
 
+    ``in_channels`` is 3 for views; 4 for raw mosaics packed into RGGB planes
+    (:func:`rawdrift.optimization.pack_raw`), where only the first convolution differs.
     Classification returns logits (B, classes); segmentation returns logits (B, 1, H, W).
     """
 
-    def __init__(self, cfg: TaskConfig) -> None:
+    def __init__(self, cfg: TaskConfig, in_channels: int = 3) -> None:
         super().__init__()
         self.cfg = cfg
-        self.normalize = Normalize()
-        self.net = _network(cfg)
+        self.normalize = Normalize(in_channels)
+        self.net = _network(cfg, in_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(x))
 
 
-def _network(cfg: TaskConfig) -> nn.Module:
+def _network(cfg: TaskConfig, in_channels: int = 3) -> nn.Module:
     if cfg.task == "classification":
         import torchvision
         weights = "IMAGENET1K_V1" if cfg.pretrained else None
         net = torchvision.models.resnet18(weights=weights)
         net.fc = nn.Linear(net.fc.in_features, cfg.classes)
+        if in_channels != 3:
+            old = net.conv1
+            net.conv1 = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
         return net
     import segmentation_models_pytorch as smp
     if len(cfg.decoder_channels) != cfg.encoder_depth:
         raise RawdriftError(f"params.yaml: train.drone.decoder_channels needs {cfg.encoder_depth} entries "
                             f"(encoder_depth), got {len(cfg.decoder_channels)}")
     try:
-        net = smp.UnetPlusPlus(encoder_name=cfg.encoder, encoder_weights="imagenet" if cfg.pretrained else None,
-                               encoder_depth=cfg.encoder_depth, decoder_channels=list(cfg.decoder_channels),
-                               classes=1)
+        net_class = smp.UnetPlusPlus if cfg.arch == "unetplusplus" else smp.Unet
+        net = net_class(encoder_name=cfg.encoder, encoder_weights="imagenet" if cfg.pretrained else None,
+                        encoder_depth=cfg.encoder_depth, decoder_channels=list(cfg.decoder_channels),
+                        in_channels=in_channels, classes=1)
     except (KeyError, ValueError) as e:
         raise RawdriftError(f"params.yaml: train.drone.encoder {cfg.encoder!r} not usable ({e})") from None
     _drop_unused_encoder_stages(net.encoder, cfg.encoder_depth)
