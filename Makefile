@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 # The paper protocol (256 px tiles, 940 / 548 images, 5 splits): `make repro-paper`.
@@ -33,6 +34,11 @@ $(STAMP): requirements.txt
 	$(BIN)/python -m pip install --disable-pip-version-check -q --only-binary=torch,torchvision -r requirements.txt
 	touch $(STAMP)
 
+# Test-only packages (S3 remote, local S3 server), kept out of the `make repro` venv time.
+$(TEST_STAMP): requirements-test.txt requirements-remote.txt $(STAMP)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -c requirements.txt -r requirements-test.txt
+	touch $(TEST_STAMP)
+
 repro: $(STAMP)
 	test -d .dvc || $(BIN)/dvc init -q
 	$(BIN)/dvc repro
@@ -40,10 +46,10 @@ repro: $(STAMP)
 repro-paper: $(STAMP)
 	$(BIN)/dvc exp run $(PAPER_SETS)
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-test-all: $(STAMP)
+test-all: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
 
 # Training throughput vs the model-only ceiling on this machine's device -> bench/<device>.json

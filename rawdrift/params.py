@@ -12,7 +12,7 @@ import yaml
 from rawdrift.errors import RawdriftError
 
 DATASETS: tuple[str, ...] = ("microscopy", "drone")
-SOURCES: tuple[str, ...] = ("synthetic",)
+SOURCES: tuple[str, ...] = ("synthetic", "folder", "zenodo")
 
 
 class _Loader(yaml.SafeLoader):
@@ -218,3 +218,21 @@ def optimize_params(params: dict, dataset: str) -> dict:
     return {"modes": modes, "intensities": sorted(intensities), "isp_lr": float(lr),
             "epochs": int_param(params, f"optimize.{dataset}.epochs", 1),
             "eval_every": int_param(params, f"optimize.{dataset}.eval_every", 1)}
+
+
+def zenodo_params(params: dict) -> dict:
+    """``data.zenodo.{record, api, downloads, max_extract_gb, retries}`` (the ``zenodo`` source)."""
+    z = get(params, "data.zenodo")
+    if not isinstance(z, dict):
+        raise RawdriftError("params.yaml: data.zenodo must be a mapping")
+    api = z.get("api")
+    if not isinstance(api, str) or not api.startswith(("http://", "https://")):
+        raise RawdriftError(f"params.yaml: data.zenodo.api must be an http(s) URL, got {api!r}")
+    downloads = z.get("downloads")
+    if not isinstance(downloads, str) or not downloads:
+        raise RawdriftError(f"params.yaml: data.zenodo.downloads must name a folder, got {downloads!r}")
+    gb = z.get("max_extract_gb")
+    if isinstance(gb, bool) or not isinstance(gb, (int, float)) or not gb > 0:
+        raise RawdriftError(f"params.yaml: data.zenodo.max_extract_gb must be a number > 0, got {gb!r}")
+    return {"record": int_param(params, "data.zenodo.record", 1), "api": api, "downloads": downloads,
+            "max_bytes": int(gb * (1 << 30)), "retries": int_param(params, "data.zenodo.retries", 0, 100)}
