@@ -294,3 +294,53 @@ def test_fetch_stage_with_the_zenodo_source(tmp_path, record):
     assert "Raw-Drone.zip failed after 1 attempt(s) (checksum mismatch" in r.stderr
     assert not (tmp_path / "data/raw/drone.tmp").exists() and meta == json.loads(
         (tmp_path / "data/raw/drone/meta.json").read_text())          # the earlier output is untouched
+
+
+# --- DNG through rawpy ---------------------------------------------------------------------
+
+def write_dng(path: Path, raw: np.ndarray, cfa=(0, 1, 1, 2), black=512, white=4095, neutral=(0.5, 1.0, 0.6)):
+    """A minimal DNG (tifffile + the DNG tags LibRaw needs): CFA pattern, black and white
+    level, XYZ -> camera matrix, as-shot neutral."""
+    def srational(values):
+        out = []
+        for v in values:
+            out += [int(round(v * 10000)), 10000]
+        return out
+    tags = [(50706, "B", 4, (1, 4, 0, 0), True), (50707, "B", 4, (1, 1, 0, 0), True),
+            (33421, "H", 2, (2, 2), True), (33422, "B", 4, cfa, True), (50710, "B", 3, (0, 1, 2), True),
+            (50711, "H", 1, 1, True), (50714, "H", 1, black, True), (50717, "H", 1, white, True),
+            (50721, "2i", 9, srational([1.2, -0.3, -0.1, -0.2, 1.1, 0.1, 0.0, -0.1, 0.9]), True),
+            (50778, "H", 1, 21, True), (50728, "2I", 3, srational(neutral), True)]
+    tifffile.imwrite(path, raw, photometric=32803, extratags=tags, metadata=None)
+
+
+def test_dng_raw_and_camera_come_from_the_file(tmp_path):
+    rawpy = pytest.importorskip("rawpy", reason="pip install -r requirements-test.txt")
+    raw = np.random.default_rng(2).integers(600, 4000, size=(32, 48)).astype(np.uint16)
+    write_dng(tmp_path / "a.dng", raw)
+    arr, cam = folder.read_raw_file(tmp_path / "a.dng")
+    np.testing.assert_array_equal(arr, np.round(raw / 4095 * 65535).astype(np.uint16))   # 12 -> 16 bit
+    np.testing.assert_allclose(cam.black_level, [512 / 4095] * 4)
+    np.testing.assert_allclose(cam.white_balance, [2.0, 1.0, 1 / 0.6], rtol=1e-6)         # 1 / as-shot neutral
+    with rawpy.imread(str(tmp_path / "a.dng")) as r:
+        np.testing.assert_allclose(cam.colour_matrix, np.asarray(r.color_matrix)[:, :3], rtol=1e-6)
+    np.testing.assert_allclose(np.sum(cam.colour_matrix, axis=1), 1.0, atol=2e-3)         # white stays white
+    write_dng(tmp_path / "g.dng", raw, cfa=(1, 0, 2, 1))
+    with pytest.raises(RawdriftError, match="g.dng: Bayer pattern GRBG is not RGGB"):
+        folder.read_raw_file(tmp_path / "g.dng")
+
+
+def test_own_dng_folder_takes_its_camera_from_the_files(tmp_path):
+    pytest.importorskip("rawpy", reason="pip install -r requirements-test.txt")
+    rng = np.random.default_rng(3)
+    rows = ["file,class"]
+    (tmp_path / "own").mkdir()
+    for i in range(4):
+        write_dng(tmp_path / f"own/img{i}.dng", rng.integers(600, 4000, size=(32, 32)).astype(np.uint16))
+        rows.append(f"img{i}.dng,{'x' if i % 2 else 'y'}")
+    (tmp_path / "own/labels.csv").write_text("\n".join(rows) + "\n")
+    meta = folder.build("microscopy", tmp_path / "own", tmp_path / "out", tile=16, count=0, folds=2, seed=0,
+                        intensities=[1.0])
+    assert meta["count"] == 16 and meta["classes"] == ["x", "y"]
+    cam = load_raw_dataset(tmp_path / "out").camera
+    np.testing.assert_allclose(cam.white_balance, [2.0, 1.0, 1 / 0.6], rtol=1e-6)

@@ -170,7 +170,7 @@ def _read_dng(path: Path) -> tuple[np.ndarray, Camera]:
             matrix = np.asarray(r.color_matrix, dtype=np.float64)[:, :3]
     except rawpy.LibRawError as e:
         raise RawdriftError(f"{path}: cannot read DNG ({e})") from None
-    if pattern != "RGBG":        # rawpy describes RGGB as R, G, B, G in raw_pattern order 0 1 3 2
+    if pattern != "RGGB":        # LibRaw: color_desc "RGBG", raw_pattern [[0, 1], [3, 2]] for RGGB
         raise RawdriftError(f"{path}: Bayer pattern {pattern} is not RGGB")
     if wb[1] <= 0 or not np.abs(matrix).sum() > 0:
         raise RawdriftError(f"{path}: DNG has no usable white balance or colour matrix")
