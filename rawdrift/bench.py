@@ -7,7 +7,8 @@
 - pipeline: the same network through ``rawdrift.training``'s hot loop (index gather from the
   device-resident view tensor, dihedral augmentation on the device, Normalize, loss, Adam);
 
-and the common corruptions (images/s per corruption and severity at the paper's 256 px, and
+the static views (batched torch on the device against the numpy reference on one core), and
+the common corruptions (images/s per corruption and severity at the paper's 256 px, and
 the projected time to corrupt the held-out tiles of all 12 views x 10 corruptions x 3
 severities at paper size: 940 + 548 tiles), and writes ``bench/<device>.json`` with
 images/s, their ratio, and the device name. Timings are medians of repeated windows after
@@ -111,6 +112,36 @@ def bench_corruptions(device: torch.device, size: int = 256, batch: int = 16, se
             "note": "projected: 1488 tiles x 12 train views through every corruption and severity"}
 
 
+def bench_render(device: torch.device, size: int = 256, batch: int = 16, reference_tiles: int = 2,
+                 windows: int = 3) -> dict:
+    """View-images/s of the 12 static views: batched torch (float64, as the render stage) on
+    ``device`` against the reference ``render_static`` on one CPU core, and the projected
+    render time of the paper's tiles (1488 x 12 views) both ways."""
+    import numpy as np
+    from rawdrift.camera import CAMERAS
+    from rawdrift.isp import VIEWS, render_static
+    from rawdrift.isp.batched import render_batch
+    cam = CAMERAS["drone"]
+    gen = torch.Generator(device=device).manual_seed(0)
+    raw = (torch.rand(batch, size, size, device=device, generator=gen, dtype=torch.float64) * 0.5 + 0.07)
+
+    def step():
+        for v in VIEWS:
+            render_batch(raw, cam, v)
+    torch_rate = batch * len(VIEWS) * _steps_per_second(step, device, 1, windows, 1)
+    tiles = raw[:reference_tiles].cpu().numpy()
+    start = time.perf_counter()
+    for t in tiles:
+        for v in VIEWS:
+            render_static(t, cam, v)
+    ref_rate = reference_tiles * len(VIEWS) / (time.perf_counter() - start)
+    n = PAPER_TILES * len(VIEWS)
+    return {"size": size, "batch": batch, "torch_view_images_per_s": torch_rate,
+            "reference_view_images_per_s_one_core": ref_rate, "paper_render_s_torch": n / torch_rate,
+            "paper_render_s_reference_one_core": n / ref_rate, "speedup": torch_rate / ref_rate,
+            "note": "render_batch float64 on the device vs render_static (numpy, colour-demosaicing) on one core"}
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -132,7 +163,9 @@ def main(argv=None) -> None:
     runs = [bench_task("microscopy", {}, size, 128 if device.type == "cuda" else 32, device, amp=amp),
             bench_task("drone", paper_drone, size, 12, device, amp=amp)]
     corr = bench_corruptions(device, 256, 64 if device.type == "cuda" else 8)
-    result = {"device": device_name(device), "torch": torch.__version__, "runs": runs, "corruptions": corr}
+    render = bench_render(device, 256, 64 if device.type == "cuda" else 4)
+    result = {"device": device_name(device), "torch": torch.__version__, "runs": runs, "corruptions": corr,
+              "render": render}
     out = Path(args.out) / f"{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -143,6 +176,10 @@ def main(argv=None) -> None:
               f"{result['device']}")
     print(f"corruptions: {PAPER_TILES} paper tiles x 12 views x 10 corruptions x 3 severities at 256 px: "
           f"{corr['paper_all_views_s']:.0f} s projected ({result['device']})")
+    print(f"render: 12 views at 256 px: {render['torch_view_images_per_s']:.0f} view-images/s batched on "
+          f"{device.type} vs {render['reference_view_images_per_s_one_core']:.1f} reference on one core "
+          f"({render['speedup']:.1f}x); paper render {render['paper_render_s_torch']:.0f} s vs "
+          f"{render['paper_render_s_reference_one_core']:.0f} s")
     print(f"wrote {out}")
 
 

@@ -13,7 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rawdrift import params as P  # noqa: E402
 from rawdrift.reports import views_figure  # noqa: E402
-from rawdrift.rendering import render_stack  # noqa: E402
+from rawdrift.rendering import render_stack, render_stack_torch  # noqa: E402
+from rawdrift.runtime import resolve_device  # noqa: E402
 from rawdrift.sensor import intensity_name  # noqa: E402
 from rawdrift.sources.store import load_raw_dataset  # noqa: E402
 from stages._cli import dataset_arg, run  # noqa: E402
@@ -25,13 +26,20 @@ def main(argv: list[str]) -> str:
     workers = P.workers()
     ds = load_raw_dataset(Path("data/raw") / dataset, verify=True)
     views_dir = Path("data/views") / dataset
+    device = resolve_device(P.get(params, "device"))
+    raw_path = ds.root / f"{intensity_name(1.0)}.npy"
     start = time.perf_counter()
-    info = render_stack(ds.root / f"{intensity_name(1.0)}.npy", ds.camera, views_dir, workers=workers)
+    if device.type == "cuda":     # batched torch views, bit-identical to the CPU reference (float64)
+        info = render_stack_torch(raw_path, ds.camera, views_dir, device)
+        where = f"batched on {info['device']}"
+    else:
+        info = render_stack(raw_path, ds.camera, views_dir, workers=workers)
+        where = f"with {info['workers']} worker(s)"
     seconds = time.perf_counter() - start
     views_figure(ds, views_dir, Path("plots/views") / f"{dataset}.png")
     rate = info["images"] * info["views"] / seconds
     return (f"render@{dataset}: {info['views']} views x {info['images']} tiles, "
-            f"{rate:.1f} view-images/s with {info['workers']} worker(s)")
+            f"{rate:.1f} view-images/s {where}")
 
 
 if __name__ == "__main__":
