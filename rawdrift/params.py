@@ -72,6 +72,16 @@ def workers() -> int:
     return value
 
 
+def concurrent_folds() -> bool:
+    """``RAWDRIFT_CONCURRENT_FOLDS=1``: train stages run their folds in one process each on
+    the same device (:func:`rawdrift.training.train_folds_concurrently`). Like the worker count
+    an execution resource, not a param: the models are the same either way (tested)."""
+    raw = os.environ.get("RAWDRIFT_CONCURRENT_FOLDS", "0")
+    if raw not in ("0", "1"):
+        raise RawdriftError(f"RAWDRIFT_CONCURRENT_FOLDS must be 0 or 1, got {raw!r}")
+    return raw == "1"
+
+
 def check_dataset(name: str) -> str:
     if name not in DATASETS:
         raise RawdriftError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")

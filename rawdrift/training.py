@@ -89,6 +89,73 @@ class FoldResult:
     val_metric: list[float]
 
 
+@dataclass
+class _Fold:
+    """What one fold carries through training: model, optimiser, schedule, random stream, tiles."""
+
+    k: int
+    model: TaskModel
+    opt: torch.optim.Optimizer
+    sched: object
+    gen: torch.Generator
+    train_idx: torch.Tensor
+    test_idx: torch.Tensor
+    result: FoldResult
+
+
+def _new_fold(cfg: TaskConfig, views: torch.Tensor, folds: np.ndarray, k: int, seed: int,
+              device: torch.device) -> _Fold:
+    """Fold ``k``'s model (initialised from ``seed * 1000 + k``), optimiser and tile indices."""
+    train_idx = torch.as_tensor(np.flatnonzero(folds != k), device=device)
+    test_idx = torch.as_tensor(np.flatnonzero(folds == k), device=device)
+    torch.manual_seed(seed * 1000 + k)
+    model = TaskModel(cfg)
+    mean, std = channel_stats(views[train_idx.cpu()])
+    model.normalize.set_stats(mean, std)
+    model = model.to(device, memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs) if cfg.schedule == "cosine"
+             else None)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed * 1000 + k)
+    return _Fold(k, model, opt, sched, gen, train_idx, test_idx, FoldResult(model, [], []))
+
+
+def _train_epoch(f: _Fold, cfg: TaskConfig, x_all: torch.Tensor, y_all: torch.Tensor, amp: bool) -> None:
+    """One epoch of fold ``f`` (shuffled batches, dihedral augmentation), then its held-out metric."""
+    f.model.train()
+    perm = f.train_idx[torch.randperm(f.train_idx.numel(), generator=f.gen, device=x_all.device)]
+    total, count = 0.0, 0
+    for i in range(0, perm.numel(), cfg.batch_size):
+        idx = perm[i:i + cfg.batch_size]
+        if idx.numel() < 2:      # BatchNorm needs two samples
+            continue
+        xb, yb = dihedral_augment(x_all[idx], y_all[idx], f.gen)
+        loss = optimisation_step(f.model, f.opt, cfg, xb, yb, amp=amp)
+        total += float(loss.detach()) * idx.numel()
+        count += idx.numel()
+    if f.sched is not None:
+        f.sched.step()
+    f.result.train_loss.append(total / max(count, 1))
+    recalibrate_batchnorm(f.model, x_all[f.train_idx[:BN_TILES]], max(cfg.batch_size, 32), amp=amp)
+    pred = predict(f.model, x_all[f.test_idx], max(cfg.batch_size, 64), amp=amp)
+    f.result.val_metric.append(score(cfg.task, pred, y_all[f.test_idx]))
+
+
+def _log_epoch(live, results: list[FoldResult], epoch: int, metric: str) -> None:
+    for k, r in enumerate(results):
+        live.log_metric(f"fold{k}/train_loss", r.train_loss[epoch])
+        live.log_metric(f"fold{k}/val_{metric}", r.val_metric[epoch])
+    live.log_metric("train_loss", float(np.mean([r.train_loss[epoch] for r in results])))
+    live.log_metric(f"val_{metric}", float(np.mean([r.val_metric[epoch] for r in results])))
+    live.next_step()
+
+
+def _check_inputs(views: torch.Tensor) -> None:
+    if views.shape[-1] != views.shape[-2]:
+        raise RawdriftError(f"views must be square for rotation augmentation, got {tuple(views.shape[-2:])}")
+
+
 def train_folds(cfg: TaskConfig, views: torch.Tensor, targets: torch.Tensor, folds: np.ndarray, seed: int,
                 device: torch.device, live=None, progress: bool = True, desc: str = "train",
                 amp: bool | None = None) -> list[FoldResult]:
@@ -108,56 +175,66 @@ def train_folds(cfg: TaskConfig, views: torch.Tensor, targets: torch.Tensor, fol
     Returns:
         one :class:`FoldResult` per fold, in fold order.
     """
-    if views.shape[-1] != views.shape[-2]:
-        raise RawdriftError(f"views must be square for rotation augmentation, got {tuple(views.shape[-2:])}")
+    _check_inputs(views)
     amp = device.type == "cuda" if amp is None else amp
-    fmt = torch.channels_last
-    x_all = views.to(device).contiguous(memory_format=fmt)
+    x_all = views.to(device).contiguous(memory_format=torch.channels_last)
     y_all = targets.to(device)
     k_folds = int(folds.max()) + 1
-    metric = METRIC[cfg.task]
-    states = []
-    for k in range(k_folds):
-        train_idx = torch.as_tensor(np.flatnonzero(folds != k), device=device)
-        test_idx = torch.as_tensor(np.flatnonzero(folds == k), device=device)
-        torch.manual_seed(seed * 1000 + k)
-        model = TaskModel(cfg)
-        mean, std = channel_stats(views[train_idx.cpu()])
-        model.normalize.set_stats(mean, std)
-        model = model.to(device, memory_format=fmt)
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs) if cfg.schedule == "cosine"
-                 else None)
-        gen = torch.Generator(device=device)
-        gen.manual_seed(seed * 1000 + k)
-        states.append((model, opt, sched, gen, train_idx, test_idx, FoldResult(model, [], [])))
+    states = [_new_fold(cfg, views, folds, k, seed, device) for k in range(k_folds)]
     bar = tqdm(total=cfg.epochs * k_folds, desc=desc, unit="fold-epoch", disable=None if progress else True, leave=False)
     for epoch in range(cfg.epochs):
-        for k, (model, opt, sched, gen, train_idx, test_idx, res) in enumerate(states):
-            model.train()
-            perm = train_idx[torch.randperm(train_idx.numel(), generator=gen, device=device)]
-            total, count = 0.0, 0
-            for i in range(0, perm.numel(), cfg.batch_size):
-                idx = perm[i:i + cfg.batch_size]
-                if idx.numel() < 2:      # BatchNorm needs two samples
-                    continue
-                xb, yb = dihedral_augment(x_all[idx], y_all[idx], gen)
-                loss = optimisation_step(model, opt, cfg, xb, yb, amp=amp)
-                total += float(loss.detach()) * idx.numel()
-                count += idx.numel()
-            if sched is not None:
-                sched.step()
-            res.train_loss.append(total / max(count, 1))
-            recalibrate_batchnorm(model, x_all[train_idx[:BN_TILES]], max(cfg.batch_size, 32), amp=amp)
-            pred = predict(model, x_all[test_idx], max(cfg.batch_size, 64), amp=amp)
-            res.val_metric.append(score(cfg.task, pred, y_all[test_idx]))
-            if live is not None:
-                live.log_metric(f"fold{k}/train_loss", res.train_loss[-1])
-                live.log_metric(f"fold{k}/val_{metric}", res.val_metric[-1])
+        for f in states:
+            _train_epoch(f, cfg, x_all, y_all, amp)
             bar.update()
         if live is not None:
-            live.log_metric("train_loss", float(np.mean([s[-1].train_loss[-1] for s in states])))
-            live.log_metric(f"val_{metric}", float(np.mean([s[-1].val_metric[-1] for s in states])))
-            live.next_step()
+            _log_epoch(live, [f.result for f in states], epoch, METRIC[cfg.task])
     bar.close()
-    return [s[-1] for s in states]
+    return [f.result for f in states]
+
+
+def _fold_worker(cfg: TaskConfig, views: torch.Tensor, targets: torch.Tensor, folds: np.ndarray, k: int, seed: int,
+                 device: str, amp: bool, threads: int) -> tuple[dict, list[float], list[float]]:
+    """Train fold ``k`` alone (a worker process): its weights on the CPU and its curves."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+    dev = torch.device(device)
+    x_all = views.to(dev).contiguous(memory_format=torch.channels_last)
+    y_all = targets.to(dev)
+    f = _new_fold(cfg, views, folds, k, seed, dev)
+    for _ in range(cfg.epochs):
+        _train_epoch(f, cfg, x_all, y_all, amp)
+    state = {n: t.detach().cpu() for n, t in f.model.state_dict().items()}
+    return state, f.result.train_loss, f.result.val_metric
+
+
+def train_folds_concurrently(cfg: TaskConfig, views: torch.Tensor, targets: torch.Tensor, folds: np.ndarray,
+                             seed: int, device: torch.device, live=None, amp: bool | None = None,
+                             threads: int = 0) -> list[FoldResult]:
+    """:func:`train_folds` with every fold in its own process on the same device.
+
+    Each fold sees exactly what it sees in :func:`train_folds` (its own initialisation, tile
+    order and augmentation stream, ``seed * 1000 + k``), so the models and curves are the same;
+    what changes is that the k small-batch trainings keep one GPU busy together. ``threads``:
+    intra-op threads per process (0 = torch's default). The curves are logged to ``live``
+    after all folds are done, epoch by epoch as :func:`train_folds` logs them.
+    """
+    import torch.multiprocessing as tmp
+    _check_inputs(views)
+    amp = device.type == "cuda" if amp is None else amp
+    k_folds = int(folds.max()) + 1
+    ctx = tmp.get_context("spawn")
+    views, targets = views.share_memory_(), targets.share_memory_()
+    with ctx.Pool(k_folds) as pool:
+        outs = pool.starmap(_fold_worker, [(cfg, views, targets, folds, k, seed, str(device), amp, threads)
+                                            for k in range(k_folds)])
+    results = []
+    for state, losses, metrics in outs:
+        with torch.device("meta"):
+            model = TaskModel(cfg)
+        model.load_state_dict(state, assign=True)
+        results.append(FoldResult(model.to(device, memory_format=torch.channels_last), losses, metrics))
+    if live is not None:
+        for epoch in range(cfg.epochs):
+            _log_epoch(live, results, epoch, METRIC[cfg.task])
+    return results

@@ -23,7 +23,7 @@ from rawdrift.models import save_fold_models  # noqa: E402
 from rawdrift.sources.store import load_raw_dataset, load_targets, load_view  # noqa: E402
 from rawdrift.tasks import METRIC  # noqa: E402
 from rawdrift.runtime import resolve_device, resolve_precision  # noqa: E402
-from rawdrift.training import train_folds  # noqa: E402
+from rawdrift.training import train_folds, train_folds_concurrently  # noqa: E402
 from stages._cli import run  # noqa: E402
 
 
@@ -34,6 +34,7 @@ def main(argv: list[str]) -> str:
     parse_view(view)
     params = P.load_params()
     cfg = P.train_config(params, dataset, view)
+    concurrent = P.concurrent_folds()
     seed = P.int_param(params, "seed", 0)
     device = resolve_device(P.get(params, "device"))
     amp = resolve_precision(P.get(params, "precision"), device)
@@ -44,8 +45,11 @@ def main(argv: list[str]) -> str:
     from dvclive import Live
     live_dir = Path("plots/train") / dataset / view
     with Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
-        results = train_folds(cfg, views, targets, ds.folds, seed, device, live=live, desc=f"train {dataset}-{view}",
-                              amp=amp)
+        if concurrent:
+            results = train_folds_concurrently(cfg, views, targets, ds.folds, seed, device, live=live, amp=amp)
+        else:
+            results = train_folds(cfg, views, targets, ds.folds, seed, device, live=live,
+                                  desc=f"train {dataset}-{view}", amp=amp)
     save_fold_models(Path("models") / dataset / view, cfg, [r.model for r in results],
                      info={"dataset": dataset, "view": view, "seed": seed})
     metric = METRIC[cfg.task]

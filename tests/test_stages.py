@@ -360,3 +360,21 @@ def test_optimize_stages_start_from_raw_data_and_alone_read_optimize_params():
         body = st.get("do", st)
         reads = [p for p in body.get("params", []) if isinstance(p, str) and p.startswith("optimize")]
         assert (name == "optimize") == bool(reads), name
+
+
+def test_train_stage_with_concurrent_folds_writes_the_same_models(fetched, tmp_path):
+    wd = project(tmp_path, merge(SMALL, TRAIN))
+    shutil.copytree(fetched / "data/raw/microscopy", wd / "data/raw/microscopy")
+    assert stage(wd, "render.py", "microscopy").returncode == 0
+    env = dict(os.environ, RAWDRIFT_WORKERS="2")
+    runs = {}
+    for flag in ("0", "1"):
+        r = subprocess.run([sys.executable, str(ROOT / "stages/train.py"), "microscopy", "bi_s_ga"], cwd=wd,
+                           env=dict(env, RAWDRIFT_CONCURRENT_FOLDS=flag), capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        runs[flag] = (json.loads((wd / "metrics/train/microscopy/bi_s_ga.json").read_text()),
+                      (wd / "models/microscopy/bi_s_ga/fold1.safetensors").read_bytes())
+    assert runs["0"] == runs["1"]
+    r = subprocess.run([sys.executable, str(ROOT / "stages/train.py"), "microscopy", "bi_s_ga"], cwd=wd,
+                       env=dict(env, RAWDRIFT_CONCURRENT_FOLDS="yes"), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr.strip() == "error: RAWDRIFT_CONCURRENT_FOLDS must be 0 or 1, got 'yes'"
