@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,36 @@ def _render_one(index: int):
     return index, np.stack([view_to_uint16(render_static(raw, _STATE["camera"], v)) for v in _STATE["views"]])
 
 
+def _open_raw_stack(raw_path: str | Path, views: tuple[str, ...]) -> np.ndarray:
+    """The memory-mapped uint16 (N, H, W) raw stack, checked (and the view names) before anything is written."""
+    for v in views:
+        parse_view(v)
+    raw = np.load(raw_path, mmap_mode="r")
+    if raw.dtype != np.uint16 or raw.ndim != 3:
+        raise RawdriftError(f"{raw_path}: expected uint16 (N, H, W), got {raw.dtype} {raw.shape}")
+    h, w = raw.shape[1:]
+    if h < 4 or w < 4 or h % 2 or w % 2:
+        raise RawdriftError(f"{raw_path}: raw sides must be even and >= 4 for an RGGB mosaic, got {h}x{w}")
+    return raw
+
+
+@contextmanager
+def _view_writer(out_dir: str | Path, views: tuple[str, ...], shape: tuple[int, ...], progress: bool):
+    """Yield ({view: uint16 (N, 3, H, W) memmap}, progress bar) in a temporary directory that
+    replaces ``out_dir`` only once the block has filled every view."""
+    n, h, w = shape
+    with atomic_dir(out_dir) as tmp:
+        outs = {v: np.lib.format.open_memmap(tmp / f"{v}.npy", mode="w+", dtype=np.uint16, shape=(n, 3, h, w))
+                for v in views}
+        bar = tqdm(total=n, desc=f"render {Path(out_dir).name}", unit="tile", disable=None if progress else True,
+                   leave=False)
+        yield outs, bar
+        bar.close()
+        for arr in outs.values():
+            arr.flush()
+        del outs
+
+
 def render_stack(raw_path: str | Path, camera: Camera, out_dir: str | Path, views=VIEWS,
                  workers: int = 0, progress: bool = True) -> dict:
     """Render every tile of a uint16 raw stack (N, H, W) in each view; write ``<view>.npy`` atomically.
@@ -46,18 +77,10 @@ def render_stack(raw_path: str | Path, camera: Camera, out_dir: str | Path, view
         {"images": N, "views": len(views), "workers": w}
     """
     views = tuple(views)
-    for v in views:
-        parse_view(v)
-    raw = np.load(raw_path, mmap_mode="r")
-    if raw.dtype != np.uint16 or raw.ndim != 3:
-        raise RawdriftError(f"{raw_path}: expected uint16 (N, H, W), got {raw.dtype} {raw.shape}")
-    n, h, w = raw.shape
+    raw = _open_raw_stack(raw_path, views)
+    n = raw.shape[0]
     n_workers = max(1, min(os.cpu_count() or 1 if workers <= 0 else workers, n))
-    with atomic_dir(out_dir) as tmp:
-        outs = {v: np.lib.format.open_memmap(tmp / f"{v}.npy", mode="w+", dtype=np.uint16, shape=(n, 3, h, w))
-                for v in views}
-        bar = tqdm(total=n, desc=f"render {Path(out_dir).name}", unit="tile", disable=None if progress else True,
-                   leave=False)
+    with _view_writer(out_dir, views, raw.shape, progress) as (outs, bar):
         if n_workers > 1:
             ctx = mp.get_context("fork")
             with ctx.Pool(n_workers, initializer=_init, initargs=(str(raw_path), camera, views)) as pool:
@@ -73,10 +96,6 @@ def render_stack(raw_path: str | Path, camera: Camera, out_dir: str | Path, view
                 for v, img in zip(views, stack):
                     outs[v][index] = img
                 bar.update()
-        bar.close()
-        for arr in outs.values():
-            arr.flush()
-        del outs
     return {"images": n, "views": len(views), "workers": n_workers}
 
 
@@ -91,27 +110,13 @@ def render_stack_torch(raw_path: str | Path, camera: Camera, out_dir: str | Path
     import torch
     from rawdrift.isp.batched import render_batch
     views = tuple(views)
-    for v in views:
-        parse_view(v)
-    raw = np.load(raw_path, mmap_mode="r")
-    if raw.dtype != np.uint16 or raw.ndim != 3:
-        raise RawdriftError(f"{raw_path}: expected uint16 (N, H, W), got {raw.dtype} {raw.shape}")
-    n, h, w = raw.shape
-    with atomic_dir(out_dir) as tmp:
-        outs = {v: np.lib.format.open_memmap(tmp / f"{v}.npy", mode="w+", dtype=np.uint16, shape=(n, 3, h, w))
-                for v in views}
-        bar = tqdm(total=n, desc=f"render {Path(out_dir).name}", unit="tile", disable=None if progress else True,
-                   leave=False)
+    raw = _open_raw_stack(raw_path, views)
+    n = raw.shape[0]
+    with _view_writer(out_dir, views, raw.shape, progress) as (outs, bar):
         for i in range(0, n, batch_size):
             x = torch.from_numpy(np.array(raw[i:i + batch_size])).to(device).double() / RAW_SCALE
-            if not torch.isfinite(x).all():
-                raise RawdriftError(f"{raw_path}: tiles {i}..{i + x.shape[0] - 1} contain NaN or inf")
             for v in views:
                 img = render_batch(x, camera, v).clamp_(0, 1).mul_(RAW_SCALE).round_()
                 outs[v][i:i + x.shape[0]] = img.to(torch.int32).cpu().numpy().astype(np.uint16)
             bar.update(x.shape[0])
-        bar.close()
-        for arr in outs.values():
-            arr.flush()
-        del outs
     return {"images": n, "views": len(views), "device": str(device)}

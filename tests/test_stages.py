@@ -108,15 +108,23 @@ def test_render_reports_corrupt_and_changed_files_by_name(fetched, tmp_path):
         load_raw_dataset(wd / "data/raw/microscopy").raw(1.0)
 
 
-def test_render_rejects_nan_and_wrong_bit_depth(tmp_path):
+@pytest.mark.parametrize("path", ["cpu", "torch"])
+def test_render_rejects_wrong_bit_depth_and_odd_sides(tmp_path, path):
+    """Both render paths (worker processes, batched torch) check the stack before writing."""
     from rawdrift.camera import CAMERAS
-    from rawdrift.rendering import render_stack
+    from rawdrift.rendering import render_stack, render_stack_torch
+
+    def render(name):
+        if path == "cpu":
+            return render_stack(tmp_path / name, CAMERAS["drone"], tmp_path / "views", workers=1, progress=False)
+        return render_stack_torch(tmp_path / name, CAMERAS["drone"], tmp_path / "views", "cpu", progress=False)
+
     np.save(tmp_path / "float.npy", np.zeros((2, 8, 8), np.float32))
     with pytest.raises(RawdriftError, match="float.npy: expected uint16"):
-        render_stack(tmp_path / "float.npy", CAMERAS["drone"], tmp_path / "views", workers=1, progress=False)
+        render("float.npy")
     np.save(tmp_path / "odd.npy", np.zeros((2, 7, 8), np.uint16))
-    with pytest.raises(RawdriftError, match="even"):
-        render_stack(tmp_path / "odd.npy", CAMERAS["drone"], tmp_path / "views", workers=1, progress=False)
+    with pytest.raises(RawdriftError, match="odd.npy: raw sides must be even"):
+        render("odd.npy")
     assert not (tmp_path / "views").exists()
 
 
