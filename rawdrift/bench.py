@@ -7,18 +7,26 @@
 - pipeline: the same network through ``rawdrift.training``'s hot loop (index gather from the
   device-resident view tensor, dihedral augmentation on the device, Normalize, loss, Adam);
 
+- concurrent: the pipeline with the folds of a stage in one process each on the same device
+  (``RAWDRIFT_CONCURRENT_FOLDS=1``), images/s of all of them together, against the bare
+  network at the batch they add up to (what one busy device can do);
+- inference (the held-out evaluations) and the joint data-model + task-model step
+  (forensics, optimize);
+
 the static views (batched torch on the device against the numpy reference on one core), and
 the common corruptions (images/s per corruption and severity at the paper's 256 px, and
 the projected time to corrupt the held-out tiles of all 12 views x 10 corruptions x 3
-severities at paper size: 940 + 548 tiles), and writes ``bench/<device>.json`` with
-images/s, their ratio, and the device name. Timings are medians of repeated windows after
-warm-up; no test asserts on them.
+severities at paper size: 940 + 548 tiles). From these rates it projects the whole paper
+protocol (:func:`project_paper`), stage by stage, and writes ``bench/<device>.json`` with
+images/s, their ratios, the projection and the device name. Timings are medians of repeated
+windows after warm-up; no test asserts on them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -27,13 +35,39 @@ import torch
 
 from rawdrift.corruptions import CORRUPTIONS, corrupt
 from rawdrift.runtime import resolve_device, resolve_precision
-from rawdrift.tasks import TaskModel, task_config
-from rawdrift.training import dihedral_augment, optimisation_step
+from rawdrift.tasks import TaskModel, loss_fn, predict, task_config
+from rawdrift.training import BN_TILES, dihedral_augment, optimisation_step
+
+#: The paper protocol as ``make repro-paper`` runs it (Makefile PAPER_SETS; paper table 3,
+#: sections 5.2 and 5.3): tiles, batch, folds, epochs, 12 views; forensics 8 parameter
+#: groups x 6 lambdas x 20 epochs on the bi_s_ga models; optimize 3 modes x 2 intensities.
+PAPER_PROTOCOL = {
+    "views": 12, "folds": 5, "epochs": 100,
+    "datasets": {"microscopy": {"tiles": 940, "batch": 128, "eval_every": 6},
+                 "drone": {"tiles": 548, "batch": 12, "eval_every": 37}},
+    "corruptions": 10, "severities": 3,
+    "forensics": {"groups": 8, "lambdas": 6, "epochs": 20},
+    "optimize": {"modes": 3, "intensities": 2},
+}
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def _paper_drone() -> dict:
+    """train.drone as the paper sets it (U-Net++ resnet34, Dice)."""
+    return dict(arch="unetplusplus", encoder="resnet34", encoder_depth=5, decoder_channels=[256, 128, 64, 32, 16],
+                loss="dice")
+
+
+def _random_data(cfg, n: int, size: int, device: torch.device, gen: torch.Generator):
+    """Random views (n, 3, size, size) channels_last and targets of ``cfg``'s task."""
+    x = torch.rand(n, 3, size, size, device=device, generator=gen).contiguous(memory_format=torch.channels_last)
+    if cfg.task == "segmentation":
+        return x, (torch.rand(n, size, size, device=device, generator=gen) > 0.9).to(torch.uint8)
+    return x, torch.randint(0, cfg.classes, (n,), device=device, generator=gen)
 
 
 def _steps_per_second(step, device: torch.device, warmup: int, windows: int, steps: int) -> float:
@@ -52,42 +86,136 @@ def _steps_per_second(step, device: torch.device, warmup: int, windows: int, ste
 
 
 def bench_task(dataset: str, cfg_values: dict, size: int, batch: int, device: torch.device, n_data: int = 512,
-               warmup: int = 3, windows: int = 3, steps: int = 5, amp: bool | None = None) -> dict:
-    """Images/s of the training step for one task model: ceiling vs rawdrift's pipeline."""
+               warmup: int = 3, windows: int = 3, steps: int = 5, amp: bool | None = None,
+               modes=("ceiling", "pipeline")) -> dict:
+    """Images/s of the training step for one task model: ceiling vs rawdrift's pipeline
+    (``modes`` picks which are measured; the ratio needs both)."""
     cfg = task_config(dataset, dict(cfg_values, batch_size=batch), f"bench.{dataset}")
     amp = device.type == "cuda" if amp is None else amp
-    fmt = torch.channels_last
     gen = torch.Generator(device=device).manual_seed(0)
-    seg = cfg.task == "segmentation"
-
-    def target(n):
-        if seg:
-            return (torch.rand(n, size, size, device=device, generator=gen) > 0.9).to(torch.uint8)
-        return torch.randint(0, cfg.classes, (n,), device=device, generator=gen)
-
     results = {}
-    for mode in ("ceiling", "pipeline"):
+    for mode in modes:
         torch.manual_seed(0)
-        model = TaskModel(cfg).to(device, memory_format=fmt).train()
+        model = TaskModel(cfg).to(device, memory_format=torch.channels_last).train()
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         if mode == "ceiling":
-            xb = torch.rand(batch, 3, size, size, device=device, generator=gen).contiguous(memory_format=fmt)
-            yb = target(batch)
+            xb, yb = _random_data(cfg, batch, size, device, gen)
 
             def step():
                 optimisation_step(model.net, opt, cfg, xb, yb, amp=amp)
         else:
-            x_all = torch.rand(n_data, 3, size, size, device=device, generator=gen).contiguous(memory_format=fmt)
-            y_all = target(n_data)
+            x_all, y_all = _random_data(cfg, n_data, size, device, gen)
 
             def step():
                 idx = torch.randint(0, n_data, (batch,), device=device, generator=gen)
                 xb, yb = dihedral_augment(x_all[idx], y_all[idx], gen)
                 optimisation_step(model, opt, cfg, xb, yb, amp=amp)
         results[mode] = batch * _steps_per_second(step, device, warmup, windows, steps)
-    return {"dataset": dataset, "size": size, "batch": batch, "config": cfg.to_dict(),
-            "ceiling_images_per_s": results["ceiling"], "pipeline_images_per_s": results["pipeline"],
-            "bf16": amp, "ratio": results["pipeline"] / results["ceiling"]}
+    out = {"dataset": dataset, "size": size, "batch": batch, "config": cfg.to_dict(), "bf16": amp}
+    out.update({f"{m}_images_per_s": r for m, r in results.items()})
+    if len(results) == 2:
+        out["ratio"] = results["pipeline"] / results["ceiling"]
+    return out
+
+
+def bench_inference(dataset: str, cfg_values: dict, size: int, batch: int, device: torch.device, n_data: int = 256,
+                    windows: int = 3, steps: int = 1, amp: bool | None = None) -> float:
+    """Images/s of :func:`rawdrift.tasks.predict` (eval mode, inference_mode, batches of ``batch``):
+    the held-out evaluations of train, crosseval, corruptions, forensics and optimize."""
+    cfg = task_config(dataset, dict(cfg_values, batch_size=batch), f"bench.{dataset}")
+    amp = device.type == "cuda" if amp is None else amp
+    gen = torch.Generator(device=device).manual_seed(0)
+    torch.manual_seed(0)
+    model = TaskModel(cfg).to(device, memory_format=torch.channels_last)
+    x, _ = _random_data(cfg, n_data, size, device, gen)
+    return n_data * _steps_per_second(lambda: predict(model, x, batch, amp), device, 1, windows, steps)
+
+
+def bench_joint_step(dataset: str, cfg_values: dict, size: int, batch: int, device: torch.device,
+                     warmup: int = 2, windows: int = 3, steps: int = 3, amp: bool | None = None) -> float:
+    """Images/s of one Adam step through the constrained ``ParametrizedISP`` and the task model
+    together, from raw (batch, size, size) tiles: optimize's ``learned`` mode; a forensics search
+    step costs about the same (the gradient goes through the frozen model to the ISP)."""
+    from rawdrift.camera import CAMERAS
+    from rawdrift.isp.constraints import constrain, optimiser_groups
+    from rawdrift.isp.differentiable import ParametrizedISP
+    cfg = task_config(dataset, dict(cfg_values, batch_size=batch), f"bench.{dataset}")
+    amp = device.type == "cuda" if amp is None else amp
+    gen = torch.Generator(device=device).manual_seed(0)
+    torch.manual_seed(0)
+    isp = constrain(ParametrizedISP(CAMERAS[dataset])).to(device)
+    model = TaskModel(cfg).to(device, memory_format=torch.channels_last).train()
+    opt = torch.optim.Adam([{"params": list(model.parameters())}] + optimiser_groups(isp, "all", 0.01), lr=cfg.lr)
+    raw = torch.rand(batch, size, size, device=device, generator=gen) * 0.5 + 0.07
+    _, yb = _random_data(cfg, batch, size, device, gen)
+
+    def step():
+        views = isp(raw).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = loss_fn(cfg, model(views), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return batch * _steps_per_second(step, device, warmup, windows, steps)
+
+
+def _concurrent_worker(dataset: str, cfg_values: dict, size: int, batch: int, device: str, amp: bool,
+                       threads: int, warmup: int, steps: int, n_data: int, seed: int, barrier, queue) -> None:
+    """One fold's training loop (as :func:`bench_task`'s pipeline) in its own process; puts the
+    (start, end) of its timed steps, on the machine's monotonic clock, into ``queue``."""
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        dev = torch.device(device)
+        cfg = task_config(dataset, dict(cfg_values, batch_size=batch), f"bench.{dataset}")
+        gen = torch.Generator(device=dev).manual_seed(seed)
+        torch.manual_seed(seed)
+        model = TaskModel(cfg).to(dev, memory_format=torch.channels_last).train()
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        x_all, y_all = _random_data(cfg, n_data, size, dev, gen)
+
+        def step():
+            idx = torch.randint(0, n_data, (batch,), device=dev, generator=gen)
+            xb, yb = dihedral_augment(x_all[idx], y_all[idx], gen)
+            optimisation_step(model, opt, cfg, xb, yb, amp=amp)
+        for _ in range(warmup):
+            step()
+        _sync(dev)
+        barrier.wait()
+        start = time.monotonic()
+        for _ in range(steps):
+            step()
+        _sync(dev)
+        queue.put((start, time.monotonic()))
+    except BaseException as exc:      # every worker reports once; the others must not wait at the barrier
+        barrier.abort()
+        queue.put(("error", repr(exc)))
+
+
+def bench_concurrent(dataset: str, cfg_values: dict, size: int, batch: int, device: torch.device, processes: int,
+                     warmup: int = 3, steps: int = 10, n_data: int = 256, threads: int = 0,
+                     amp: bool | None = None) -> dict:
+    """Images/s of ``processes`` training loops at ``batch`` running at once on ``device``, one
+    process each (as ``RAWDRIFT_CONCURRENT_FOLDS=1`` trains folds), counted together from the
+    moment all have warmed up to the moment the last one is done."""
+    import torch.multiprocessing as tmp
+    amp = device.type == "cuda" if amp is None else amp
+    ctx = tmp.get_context("spawn")
+    barrier, queue = ctx.Barrier(processes), ctx.Queue()
+    procs = [ctx.Process(target=_concurrent_worker,
+                         args=(dataset, cfg_values, size, batch, str(device), amp, threads, warmup, steps, n_data, k,
+                               barrier, queue)) for k in range(processes)]
+    for proc in procs:
+        proc.start()
+    spans = [queue.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    errors = [s[1] for s in spans if s[0] == "error"]
+    if errors:
+        raise RuntimeError(f"bench_concurrent: a worker failed: {errors[0]}")
+    wall = max(e for _, e in spans) - min(s for s, _ in spans)
+    return {"dataset": dataset, "size": size, "batch": batch, "processes": processes, "threads": threads,
+            "images_per_s": processes * steps * batch / wall}
 
 
 #: Tiles of the paper's two datasets; every tile is held out once, so a corruption pass over
@@ -142,6 +270,62 @@ def bench_render(device: torch.device, size: int = 256, batch: int = 16, referen
             "note": "render_batch float64 on the device vs render_static (numpy, colour-demosaicing) on one core"}
 
 
+def project_paper(rates: dict, render_view_images_per_s: float, corruption_s_per_image: float,
+                  protocol: dict = PAPER_PROTOCOL) -> dict:
+    """Seconds each stage family of the paper protocol would take at the measured rates.
+
+    Args:
+        rates: per dataset {"size" (px the rates were measured at), "train", "inference",
+            "joint" and optionally "train_concurrent" (images/s)}. Rates measured below 256 px
+            are scaled by (size / 256)^2, as convolution cost goes with the pixel count (an
+            approximation: small tiles leave a device less busy, so it overestimates them).
+        render_view_images_per_s: the 12 static views at 256 px (per view-image).
+        corruption_s_per_image: seconds to push one 256-px image through every corruption and
+            severity.
+
+    Image counts per dataset (N tiles, F folds, E epochs, V views, B batch, BN = BN_TILES):
+    train V E (F-1) N training images and V E (N + F BN) evaluated; crosseval V V N;
+    corruptions V N corrupted and V N x corruptions x severities evaluated; forensics
+    groups x lambdas x epochs x (F-1) N joint steps and groups x lambdas x N evaluated;
+    optimize intensities x E (F-1) N images for each mode (learned at the joint rate, frozen
+    and raw at the training rate: their inputs are computed once) and a validation
+    (BN + N / F tiles) every eval_every steps. Start-up, I/O and the CPU-side stages
+    (fetch, summary) are not counted.
+
+    Returns:
+        {"datasets": {name: {stage: s}}, "total_s", "total_concurrent_s" (train with the
+        concurrent rate where measured), "goal_s": 3600}.
+    """
+    V, F, E = protocol["views"], protocol["folds"], protocol["epochs"]
+    cs = protocol["corruptions"] * protocol["severities"]
+    fo, op = protocol["forensics"], protocol["optimize"]
+    out, total, total_conc = {}, 0.0, 0.0
+    for name, d in protocol["datasets"].items():
+        r = rates[name]
+        k = (r["size"] / 256) ** 2
+        train, infer, joint = r["train"] * k, r["inference"] * k, r["joint"] * k
+        conc = r.get("train_concurrent", r["train"]) * k
+        n, b = d["tiles"], d["batch"]
+        train_imgs, train_evals = V * E * (F - 1) * n, V * E * (n + F * BN_TILES)
+        fold_train = (F - 1) * n / F
+        opt_steps = E * -(-int(fold_train) // b)
+        opt_evals = op["intensities"] * op["modes"] * F * -(-opt_steps // d["eval_every"]) * (BN_TILES + n / F)
+        stages = {
+            "render": n * V / render_view_images_per_s,
+            "train": train_imgs / train + train_evals / infer,
+            "crosseval": V * V * n / infer,
+            "corruptions": V * n * corruption_s_per_image + V * n * cs / infer,
+            "forensics": fo["groups"] * fo["lambdas"] * (fo["epochs"] * (F - 1) * n / joint + n / infer),
+            "optimize": (op["intensities"] * F * E * fold_train * (1 / joint + (op["modes"] - 1) / train)
+                         + opt_evals / infer),
+        }
+        conc_train = train_imgs / conc + train_evals / infer
+        out[name] = {**{s: float(v) for s, v in stages.items()}, "train_concurrent": float(conc_train)}
+        total += sum(stages.values())
+        total_conc += sum(stages.values()) - stages["train"] + conc_train
+    return {"datasets": out, "total_s": total, "total_concurrent_s": total_conc, "goal_s": 3600.0}
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -158,14 +342,30 @@ def main(argv=None) -> None:
     device = resolve_device(args.device)
     amp = resolve_precision(args.precision, device)
     size = args.size or (256 if device.type == "cuda" else 64)
-    paper_drone = dict(arch="unetplusplus", encoder="resnet34", encoder_depth=5,
-                       decoder_channels=[256, 128, 64, 32, 16], loss="dice")
-    runs = [bench_task("microscopy", {}, size, 128 if device.type == "cuda" else 32, device, amp=amp),
-            bench_task("drone", paper_drone, size, 12, device, amp=amp)]
-    corr = bench_corruptions(device, 256, 64 if device.type == "cuda" else 8)
-    render = bench_render(device, 256, 64 if device.type == "cuda" else 4)
-    result = {"device": device_name(device), "torch": torch.__version__, "runs": runs, "corruptions": corr,
-              "render": render}
+    cuda = device.type == "cuda"
+    folds = PAPER_PROTOCOL["folds"]
+    threads = max(1, (os.cpu_count() or 1) // folds)
+    setups = {"microscopy": ({}, 128 if cuda else 32), "drone": (_paper_drone(), 12)}
+    runs, concurrent, rates = [], [], {}
+    for name, (values, batch) in setups.items():
+        run = bench_task(name, values, size, batch, device, amp=amp)
+        conc = bench_concurrent(name, values, size, batch, device, folds, threads=threads, amp=amp,
+                                steps=10 if cuda else 3)
+        conc["ceiling_at_summed_batch_images_per_s"] = bench_task(
+            name, values, size, batch * folds, device, amp=amp, modes=("ceiling",))["ceiling_images_per_s"]
+        conc["speedup"] = conc["images_per_s"] / run["pipeline_images_per_s"]
+        runs.append(run)
+        concurrent.append(conc)
+        rates[name] = {"size": size, "train": run["pipeline_images_per_s"], "train_concurrent": conc["images_per_s"],
+                       "inference": bench_inference(name, values, size, max(batch, 64), device, amp=amp,
+                                                    n_data=256 if cuda else 64),
+                       "joint": bench_joint_step(name, values, size, batch, device, amp=amp)}
+    corr = bench_corruptions(device, 256, 64 if cuda else 8)
+    render = bench_render(device, 256, 64 if cuda else 4)
+    per_image = sum(1.0 / r for r in corr["images_per_s"].values())
+    projection = project_paper(rates, render["torch_view_images_per_s"], per_image)
+    result = {"device": device_name(device), "torch": torch.__version__, "runs": runs, "concurrent": concurrent,
+              "rates": rates, "corruptions": corr, "render": render, "projection": projection}
     out = Path(args.out) / f"{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -174,12 +374,21 @@ def main(argv=None) -> None:
               f"{r['ceiling_images_per_s']:.0f} model-only ({100 * r['ratio']:.0f} %), {size} px, batch {r['batch']}, "
               f"{'bf16' if amp else 'fp32'}, "
               f"{result['device']}")
+    for c in concurrent:
+        print(f"{c['dataset']}: {c['processes']} folds at once: {c['images_per_s']:.0f} img/s together "
+              f"({c['speedup']:.2f}x one loop) vs {c['ceiling_at_summed_batch_images_per_s']:.0f} model-only at batch "
+              f"{c['batch'] * c['processes']}")
     print(f"corruptions: {PAPER_TILES} paper tiles x 12 views x 10 corruptions x 3 severities at 256 px: "
           f"{corr['paper_all_views_s']:.0f} s projected ({result['device']})")
     print(f"render: 12 views at 256 px: {render['torch_view_images_per_s']:.0f} view-images/s batched on "
           f"{device.type} vs {render['reference_view_images_per_s_one_core']:.1f} reference on one core "
           f"({render['speedup']:.1f}x); paper render {render['paper_render_s_torch']:.0f} s vs "
           f"{render['paper_render_s_reference_one_core']:.0f} s")
+    for name, st in projection["datasets"].items():
+        print(f"paper protocol, {name}: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in st.items()))
+    print(f"paper protocol: {projection['total_s'] / 60:.0f} min projected, "
+          f"{projection['total_concurrent_s'] / 60:.0f} min with concurrent folds (goal 60 min)"
+          + ("" if size == 256 else f"; rates measured at {size} px and scaled by pixel count"))
     print(f"wrote {out}")
 
 

@@ -20,6 +20,7 @@ tolerance band around its clean value, and which change hurts most.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -221,6 +222,12 @@ def evaluate_isp(model: nn.Module, task: str, isp: ParametrizedISP, reference: t
             "ssim": float(ssim(views, reference)) if min(raw.shape[-2:]) >= 2 * SSIM_RADIUS + 1 else float("nan")}
 
 
+def _norm(a: np.ndarray) -> float:
+    """Euclidean norm with a correctly rounded sum: the same last bit on every run
+    (``np.linalg.norm``'s BLAS sum order varies with memory alignment)."""
+    return math.sqrt(math.fsum(float(v) * float(v) for v in np.ravel(a)))
+
+
 def parameter_change(initial: dict, searched: dict) -> dict:
     """Per group: l2 norm of the change, relative to the initial norm, and the mean signed change.
 
@@ -231,8 +238,8 @@ def parameter_change(initial: dict, searched: dict) -> dict:
     for g in PARAMETER_GROUPS:
         a, b = np.asarray(initial[g], dtype=np.float64), np.asarray(searched[g], dtype=np.float64)
         d = b - a
-        ref = np.sqrt(a.size) if g == "black_level" else max(np.linalg.norm(a), 1e-12)
-        out[g] = {"l2": float(np.linalg.norm(d)), "relative": float(np.linalg.norm(d) / ref), "mean": float(d.mean())}
+        ref = np.sqrt(a.size) if g == "black_level" else max(_norm(a), 1e-12)
+        out[g] = {"l2": _norm(d), "relative": _norm(d) / ref, "mean": float(d.mean())}
     return out
 
 

@@ -241,23 +241,6 @@ def test_recalibrated_batchnorm_holds_the_statistics_of_the_given_tiles():
     assert bn.momentum == 0.1 and bn.num_batches_tracked == 1
 
 
-def test_bench_measures_both_paths_on_cpu():
-    from rawdrift.bench import bench_task
-    r = bench_task("microscopy", {"classes": 3}, size=16, batch=4, device=torch.device("cpu"), n_data=16,
-                   warmup=1, windows=1, steps=1)
-    assert r["ceiling_images_per_s"] > 0 and r["pipeline_images_per_s"] > 0
-    assert r["ratio"] == pytest.approx(r["pipeline_images_per_s"] / r["ceiling_images_per_s"])
-
-
-def test_corruption_bench_covers_every_corruption_and_severity():
-    from rawdrift.bench import PAPER_TILES, bench_corruptions
-    from rawdrift.corruptions import CORRUPTIONS
-    r = bench_corruptions(torch.device("cpu"), size=16, batch=2, severities=(1, 5), windows=1, steps=1)
-    assert len(r["images_per_s"]) == 2 * len(CORRUPTIONS) and min(r["images_per_s"].values()) > 0
-    per_image = sum(1 / v for v in r["images_per_s"].values())
-    assert r["paper_all_views_s"] == pytest.approx(PAPER_TILES * 12 * per_image)
-
-
 def test_precision_param():
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) is False
