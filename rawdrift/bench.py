@@ -56,6 +56,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+#: Tiles per task-model pass of forensics: ``forensics_sweep(max_batch=64)`` steps
+#: 64 // batch_size searches together.
+SEARCH_BATCH = 64
+
+
 def _paper_drone() -> dict:
     """train.drone as the paper sets it (U-Net++ resnet34, Dice)."""
     return dict(arch="unetplusplus", encoder="resnet34", encoder_depth=5, decoder_channels=[256, 128, 64, 32, 16],
@@ -276,9 +281,11 @@ def project_paper(rates: dict, render_view_images_per_s: float, corruption_s_per
 
     Args:
         rates: per dataset {"size" (px the rates were measured at), "train", "inference",
-            "joint" and optionally "train_concurrent" (images/s)}. Rates measured below 256 px
-            are scaled by (size / 256)^2, as convolution cost goes with the pixel count (an
-            approximation: small tiles leave a device less busy, so it overestimates them).
+            "joint" and optionally "train_concurrent" and "search" (the joint step at the 64
+            tiles per pass that forensics steps its searches together in), in images/s.
+            Rates measured below 256 px are scaled by (size / 256)^2, as convolution cost
+            goes with the pixel count (an approximation: small tiles leave a device less
+            busy, so it overestimates them).
         render_view_images_per_s: the 12 static views at 256 px (per view-image).
         corruption_s_per_image: seconds to push one 256-px image through every corruption and
             severity.
@@ -286,15 +293,17 @@ def project_paper(rates: dict, render_view_images_per_s: float, corruption_s_per
     Image counts per dataset (N tiles, F folds, E epochs, V views, B batch, BN = BN_TILES):
     train V E (F-1) N training images and V E (N + F BN) evaluated; crosseval V V N;
     corruptions V N corrupted and V N x corruptions x severities evaluated; forensics
-    groups x lambdas x epochs x (F-1) N joint steps and groups x lambdas x N evaluated;
+    groups x lambdas x epochs x (F-1) N search steps and groups x lambdas x N evaluated;
     optimize intensities x E (F-1) N images for each mode (learned at the joint rate, frozen
     and raw at the training rate: their inputs are computed once) and a validation
-    (BN + N / F tiles) every eval_every steps. Start-up, I/O and the CPU-side stages
-    (fetch, summary) are not counted.
+    (BN + N / F tiles) every eval_every steps. With concurrent folds (train, optimize) the
+    training steps go at the concurrent rate, the joint steps at the joint rate times the
+    same gain (not measured apart). Start-up, I/O and the CPU-side stages (fetch, summary)
+    are not counted.
 
     Returns:
-        {"datasets": {name: {stage: s}}, "total_s", "total_concurrent_s" (train with the
-        concurrent rate where measured), "goal_s": 3600}.
+        {"datasets": {name: {stage: s, "train_concurrent": s, "optimize_concurrent": s}},
+        "total_s", "total_concurrent_s", "goal_s": 3600}.
     """
     V, F, E = protocol["views"], protocol["folds"], protocol["epochs"]
     cs = protocol["corruptions"] * protocol["severities"]
@@ -304,6 +313,7 @@ def project_paper(rates: dict, render_view_images_per_s: float, corruption_s_per
         r = rates[name]
         k = (r["size"] / 256) ** 2
         train, infer, joint = r["train"] * k, r["inference"] * k, r["joint"] * k
+        search = r.get("search", r["joint"]) * k
         conc = r.get("train_concurrent", r["train"]) * k
         n, b = d["tiles"], d["batch"]
         train_imgs, train_evals = V * E * (F - 1) * n, V * E * (n + F * BN_TILES)
@@ -315,14 +325,17 @@ def project_paper(rates: dict, render_view_images_per_s: float, corruption_s_per
             "train": train_imgs / train + train_evals / infer,
             "crosseval": V * V * n / infer,
             "corruptions": V * n * corruption_s_per_image + V * n * cs / infer,
-            "forensics": fo["groups"] * fo["lambdas"] * (fo["epochs"] * (F - 1) * n / joint + n / infer),
+            "forensics": fo["groups"] * fo["lambdas"] * (fo["epochs"] * (F - 1) * n / search + n / infer),
             "optimize": (op["intensities"] * F * E * fold_train * (1 / joint + (op["modes"] - 1) / train)
                          + opt_evals / infer),
         }
-        conc_train = train_imgs / conc + train_evals / infer
-        out[name] = {**{s: float(v) for s, v in stages.items()}, "train_concurrent": float(conc_train)}
+        with_conc = {"train": train_imgs / conc + train_evals / infer,
+                     "optimize": (op["intensities"] * F * E * fold_train
+                                  * (1 / (joint * conc / train) + (op["modes"] - 1) / conc) + opt_evals / infer)}
+        out[name] = {**{s: float(v) for s, v in stages.items()},
+                     **{f"{s}_concurrent": float(v) for s, v in with_conc.items()}}
         total += sum(stages.values())
-        total_conc += sum(stages.values()) - stages["train"] + conc_train
+        total_conc += sum({**stages, **with_conc}.values())
     return {"datasets": out, "total_s": total, "total_concurrent_s": total_conc, "goal_s": 3600.0}
 
 
@@ -359,7 +372,8 @@ def main(argv=None) -> None:
         rates[name] = {"size": size, "train": run["pipeline_images_per_s"], "train_concurrent": conc["images_per_s"],
                        "inference": bench_inference(name, values, size, max(batch, 64), device, amp=amp,
                                                     n_data=256 if cuda else 64),
-                       "joint": bench_joint_step(name, values, size, batch, device, amp=amp)}
+                       "joint": bench_joint_step(name, values, size, batch, device, amp=amp),
+                       "search": bench_joint_step(name, values, size, SEARCH_BATCH, device, amp=amp)}
     corr = bench_corruptions(device, 256, 64 if cuda else 8)
     render = bench_render(device, 256, 64 if cuda else 4)
     per_image = sum(1.0 / r for r in corr["images_per_s"].values())

@@ -108,6 +108,15 @@ class JointFold:
     isp: dict | None = None
 
 
+def _check_setting(mode: str, raw: torch.Tensor, eval_every: int) -> None:
+    if mode not in MODES:
+        raise RawdriftError(f"unknown mode {mode!r}; expected one of {list(MODES)}")
+    if eval_every < 1:
+        raise RawdriftError(f"eval_every must be >= 1, got {eval_every}")
+    if raw.shape[-1] != raw.shape[-2]:
+        raise RawdriftError(f"raw tiles must be square for rotation augmentation, got {tuple(raw.shape[-2:])}")
+
+
 def train_jointly(cfg: TaskConfig, mode: str, raw: torch.Tensor, targets: torch.Tensor, folds: np.ndarray,
                   camera: Camera, seed: int, device: torch.device, *, intensity: float = 1.0,
                   isp_lr: float = 0.01, eval_every: int = 1, amp: bool = False, progress: bool = True,
@@ -130,83 +139,126 @@ def train_jointly(cfg: TaskConfig, mode: str, raw: torch.Tensor, targets: torch.
     Returns:
         one :class:`JointFold` per fold, in fold order.
     """
-    if mode not in MODES:
-        raise RawdriftError(f"unknown mode {mode!r}; expected one of {list(MODES)}")
-    if eval_every < 1:
-        raise RawdriftError(f"eval_every must be >= 1, got {eval_every}")
-    if raw.shape[-1] != raw.shape[-2]:
-        raise RawdriftError(f"raw tiles must be square for rotation augmentation, got {tuple(raw.shape[-2:])}")
-    fmt = torch.channels_last
+    _check_setting(mode, raw, eval_every)
     raw_all = raw.to(device, torch.float32)
     y_all = targets.to(device)
     k_folds = int(folds.max()) + 1
-    out = []
     bar = tqdm(total=cfg.epochs * k_folds, desc=desc, unit="fold-epoch", disable=None if progress else True,
                leave=False)
-    for k in range(k_folds):
-        train_idx = torch.as_tensor(np.flatnonzero(folds != k), device=device)
-        test_idx = torch.as_tensor(np.flatnonzero(folds == k), device=device)
-        torch.manual_seed(seed * 1000 + k)
-        task = TaskModel(cfg, in_channels=4 if mode == "raw" else 3)
-        head = Head(task, scale=2 if mode == "raw" else 1)
-        front = make_front(mode, camera).to(device)
-        # Inputs that do not change during training are computed once (frozen ISP, packing).
-        fixed = None
-        if mode != "learned":
-            with torch.no_grad():
-                fixed = torch.cat([front(raw_all[i:i + 64]) for i in range(0, raw_all.shape[0], 64)])
-                fixed = fixed.contiguous(memory_format=fmt)
-
-        def inputs(idx: torch.Tensor) -> torch.Tensor:
-            if fixed is not None:
-                return fixed[idx]
-            return front(raw_all[idx]).contiguous(memory_format=fmt)
-
-        with torch.no_grad():
-            mean, std = channel_stats(torch.cat([inputs(train_idx[i:i + 64])
-                                                 for i in range(0, train_idx.numel(), 64)]).cpu())
-        task.normalize.set_stats(mean, std)
-        head = head.to(device, memory_format=fmt)
-        groups = [{"params": list(task.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
-        if mode == "learned":
-            groups += optimiser_groups(front, "all", isp_lr)
-        opt = torch.optim.Adam(groups, lr=cfg.lr)
-        sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs) if cfg.schedule == "cosine"
-                 else None)
-        gen = torch.Generator(device=device)
-        gen.manual_seed(seed * 1000 + k)
-        res = JointFold(mode=mode, intensity=float(intensity), fold=k)
-        step, loss_sum, loss_count = 0, 0.0, 0
-        batches = [i for i in range(0, train_idx.numel(), cfg.batch_size)
-                   if min(cfg.batch_size, train_idx.numel() - i) >= 2]   # BatchNorm needs two samples
-        total_steps = cfg.epochs * len(batches)
-        for _epoch in range(cfg.epochs):
-            perm = train_idx[torch.randperm(train_idx.numel(), generator=gen, device=device)]
-            for i in batches:
-                head.train()
-                idx = perm[i:i + cfg.batch_size]
-                xb, yb = dihedral_augment(inputs(idx), y_all[idx], gen)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    loss = loss_fn(cfg, head(xb), yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                loss_sum += float(loss.detach()) * idx.numel()
-                loss_count += idx.numel()
-                if step % eval_every == 0 or step == total_steps:
-                    res.steps.append(step)
-                    res.train_loss.append(loss_sum / max(loss_count, 1))
-                    res.val_metric.append(_validate(head, inputs, train_idx, test_idx, y_all, cfg, amp))
-                    loss_sum, loss_count = 0.0, 0
-            if sched is not None:
-                sched.step()
-            bar.update()
-        if mode != "raw":
-            res.isp = front.to_dict()
-        out.append(res)
+    out = [_train_joint_fold(cfg, mode, raw_all, y_all, folds, k, camera, seed, intensity, isp_lr, eval_every, amp,
+                             on_epoch=bar.update) for k in range(k_folds)]
     bar.close()
     return out
+
+
+def _train_joint_fold(cfg: TaskConfig, mode: str, raw_all: torch.Tensor, y_all: torch.Tensor, folds: np.ndarray,
+                      k: int, camera: Camera, seed: int, intensity: float, isp_lr: float, eval_every: int, amp: bool,
+                      on_epoch=None) -> JointFold:
+    """Fold ``k`` of :func:`train_jointly` (``raw_all`` float32 and ``y_all`` on the device)."""
+    device = raw_all.device
+    fmt = torch.channels_last
+    train_idx = torch.as_tensor(np.flatnonzero(folds != k), device=device)
+    test_idx = torch.as_tensor(np.flatnonzero(folds == k), device=device)
+    torch.manual_seed(seed * 1000 + k)
+    task = TaskModel(cfg, in_channels=4 if mode == "raw" else 3)
+    head = Head(task, scale=2 if mode == "raw" else 1)
+    front = make_front(mode, camera).to(device)
+    # Inputs that do not change during training are computed once (frozen ISP, packing).
+    fixed = None
+    if mode != "learned":
+        with torch.no_grad():
+            fixed = torch.cat([front(raw_all[i:i + 64]) for i in range(0, raw_all.shape[0], 64)])
+            fixed = fixed.contiguous(memory_format=fmt)
+
+    def inputs(idx: torch.Tensor) -> torch.Tensor:
+        if fixed is not None:
+            return fixed[idx]
+        return front(raw_all[idx]).contiguous(memory_format=fmt)
+
+    with torch.no_grad():
+        mean, std = channel_stats(torch.cat([inputs(train_idx[i:i + 64])
+                                             for i in range(0, train_idx.numel(), 64)]).cpu())
+    task.normalize.set_stats(mean, std)
+    head = head.to(device, memory_format=fmt)
+    groups = [{"params": list(task.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
+    if mode == "learned":
+        groups += optimiser_groups(front, "all", isp_lr)
+    opt = torch.optim.Adam(groups, lr=cfg.lr)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs) if cfg.schedule == "cosine"
+             else None)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed * 1000 + k)
+    res = JointFold(mode=mode, intensity=float(intensity), fold=k)
+    step, loss_sum, loss_count = 0, 0.0, 0
+    batches = [i for i in range(0, train_idx.numel(), cfg.batch_size)
+               if min(cfg.batch_size, train_idx.numel() - i) >= 2]   # BatchNorm needs two samples
+    total_steps = cfg.epochs * len(batches)
+    for _epoch in range(cfg.epochs):
+        perm = train_idx[torch.randperm(train_idx.numel(), generator=gen, device=device)]
+        for i in batches:
+            head.train()
+            idx = perm[i:i + cfg.batch_size]
+            xb, yb = dihedral_augment(inputs(idx), y_all[idx], gen)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = loss_fn(cfg, head(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            loss_sum += float(loss.detach()) * idx.numel()
+            loss_count += idx.numel()
+            if step % eval_every == 0 or step == total_steps:
+                res.steps.append(step)
+                res.train_loss.append(loss_sum / max(loss_count, 1))
+                res.val_metric.append(_validate(head, inputs, train_idx, test_idx, y_all, cfg, amp))
+                loss_sum, loss_count = 0.0, 0
+        if sched is not None:
+            sched.step()
+        if on_epoch is not None:
+            on_epoch()
+    if mode != "raw":
+        res.isp = front.to_dict()
+    return res
+
+
+def _joint_fold_worker(cfg: TaskConfig, mode: str, raw: torch.Tensor, targets: torch.Tensor, folds: np.ndarray,
+                       k: int, camera: Camera, seed: int, device: str, intensity: float, isp_lr: float,
+                       eval_every: int, amp: bool, threads: int) -> JointFold:
+    """One fold of one setting in a worker process (:func:`train_settings_concurrently`)."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+    dev = torch.device(device)
+    return _train_joint_fold(cfg, mode, raw.to(dev, torch.float32), targets.to(dev), folds, k, camera, seed,
+                             intensity, isp_lr, eval_every, amp)
+
+
+def train_settings_concurrently(cfg: TaskConfig, settings: list[tuple[str, float, torch.Tensor]],
+                                targets: torch.Tensor, folds: np.ndarray, camera: Camera, seed: int,
+                                device: torch.device, *, isp_lr: float = 0.01, eval_every: int = 1,
+                                amp: bool = False, processes: int = 0, threads: int = 0) -> list[list[JointFold]]:
+    """:func:`train_jointly` for several (mode, intensity, raw) settings, every fold of every
+    setting a task for a pool of worker processes on the same device.
+
+    Each fold sees exactly what it sees in :func:`train_jointly` (seeds ``seed * 1000 + k``), so
+    the curves and the learned ISPs are the same; ``processes`` workers (0 = the number of
+    folds) keep one GPU busy with small-batch trainings. ``threads``: intra-op threads per
+    worker (0 = torch's default, the lockstep loop's: identical sums on a CPU).
+
+    Returns:
+        per setting, in ``settings`` order, one :class:`JointFold` per fold in fold order.
+    """
+    import torch.multiprocessing as tmp
+    for mode, _, raw in settings:
+        _check_setting(mode, raw, eval_every)
+    k_folds = int(folds.max()) + 1
+    targets = targets.share_memory_()
+    shared = {id(raw): raw.to(torch.float32).share_memory_() for _, _, raw in settings}
+    jobs = [(cfg, mode, shared[id(raw)], targets, folds, k, camera, seed, str(device), float(intensity), isp_lr,
+             eval_every, amp, threads) for mode, intensity, raw in settings for k in range(k_folds)]
+    with tmp.get_context("spawn").Pool(processes or k_folds) as pool:
+        done = pool.starmap(_joint_fold_worker, jobs, chunksize=1)
+    return [done[i * k_folds:(i + 1) * k_folds] for i in range(len(settings))]
 
 
 def _validate(head: nn.Module, inputs, train_idx: torch.Tensor, test_idx: torch.Tensor, y_all: torch.Tensor,

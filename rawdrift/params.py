@@ -74,8 +74,10 @@ def workers() -> int:
 
 def concurrent_folds() -> bool:
     """``RAWDRIFT_CONCURRENT_FOLDS=1``: train stages run their folds in one process each on
-    the same device (:func:`rawdrift.training.train_folds_concurrently`). Like the worker count
-    an execution resource, not a param: the models are the same either way (tested)."""
+    the same device (:func:`rawdrift.training.train_folds_concurrently`), optimize stages every
+    fold of every setting in a pool of as many processes
+    (:func:`rawdrift.optimization.train_settings_concurrently`). Like the worker count an
+    execution resource, not a param: the results are the same either way (tested)."""
     raw = os.environ.get("RAWDRIFT_CONCURRENT_FOLDS", "0")
     if raw not in ("0", "1"):
         raise RawdriftError(f"RAWDRIFT_CONCURRENT_FOLDS must be 0 or 1, got {raw!r}")

@@ -7,7 +7,8 @@ held-out metric measured every optimize.<dataset>.eval_every steps. Writes
 metrics/optimize/<dataset>.json (table 2 and final metrics), plots/optimize/<dataset>/ (dvclive
 curves per setting and fold, curves.csv for the band plot of figure 7), plots/optimize/
 <dataset>.png (figure 7) and models/optimize/<dataset>/isp_<scale>_fold<k>.json (learned ISPs,
-readable by rawdrift.optimization.load_isp).
+readable by rawdrift.optimization.load_isp). RAWDRIFT_CONCURRENT_FOLDS=1 trains every fold of
+every setting in a pool of processes on the same device (same results).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from rawdrift.errors import RawdriftError  # noqa: E402
 from rawdrift.io import atomic_dir, write_json  # noqa: E402
 from rawdrift.isp import ParametrizedISP  # noqa: E402
 from rawdrift.optimization import (curve_rows, isp_export, load_isp, setting_name, summarise,  # noqa: E402
-                                   train_jointly, with_epochs)
+                                   train_jointly, train_settings_concurrently, with_epochs)
 from rawdrift.reports import optimization_figure  # noqa: E402
 from rawdrift.runtime import resolve_device, resolve_precision  # noqa: E402
 from rawdrift.sensor import intensity_name  # noqa: E402
@@ -40,6 +41,7 @@ def main(argv: list[str]) -> str:
     params = P.load_params()
     op = P.optimize_params(params, dataset)
     cfg = with_epochs(P.task_params(params, dataset), op["epochs"])
+    concurrent = P.concurrent_folds()
     seed = P.int_param(params, "seed", 0)
     device = resolve_device(P.get(params, "device"))
     amp = resolve_precision(P.get(params, "precision"), device)
@@ -49,14 +51,18 @@ def main(argv: list[str]) -> str:
             raise RawdriftError(f"params.yaml: optimize.intensities: {v:g} is not among the exposures of "
                                 f"data/raw/{dataset} ({ds.intensities}; see data.intensities)")
     targets = load_targets(ds)
-    results = {}
-    for intensity in op["intensities"]:
-        raw = torch.from_numpy(np.asarray(ds.raw(intensity), dtype=np.float32) / np.float32(RAW_SCALE))
-        for mode in op["modes"]:
-            name = setting_name(mode, intensity)
-            results[name] = train_jointly(cfg, mode, raw, targets, ds.folds, ds.camera, seed, device,
-                                          intensity=intensity, isp_lr=op["isp_lr"], eval_every=op["eval_every"],
-                                          amp=amp, desc=f"optimize {dataset} {name}")
+    raws = {i: torch.from_numpy(np.asarray(ds.raw(i), dtype=np.float32) / np.float32(RAW_SCALE))
+            for i in op["intensities"]}
+    settings = [(mode, i, raws[i]) for i in op["intensities"] for mode in op["modes"]]
+    names = [setting_name(mode, i) for mode, i, _ in settings]
+    if concurrent:
+        done = train_settings_concurrently(cfg, settings, targets, ds.folds, ds.camera, seed, device,
+                                           isp_lr=op["isp_lr"], eval_every=op["eval_every"], amp=amp)
+    else:
+        done = [train_jointly(cfg, mode, raw, targets, ds.folds, ds.camera, seed, device, intensity=i,
+                              isp_lr=op["isp_lr"], eval_every=op["eval_every"], amp=amp,
+                              desc=f"optimize {dataset} {name}") for (mode, i, raw), name in zip(settings, names)]
+    results = dict(zip(names, done))
     summary = summarise(results, cfg.task)
     summary.update(dataset=dataset, epochs=cfg.epochs, eval_every=op["eval_every"], isp_lr=op["isp_lr"])
     metric = summary["metric"]

@@ -69,9 +69,13 @@ def test_projection_counts_the_protocol_images():
     assert d["corruptions"] == pytest.approx(V * n * (1 + 30))
     assert d["forensics"] == pytest.approx(8 * 6 * (20 * (F - 1) * n + n))
     assert d["train_concurrent"] == pytest.approx(d["train"])      # no concurrent rate: the lockstep one
-    stages = [v for k, v in d.items() if k != "train_concurrent"]
-    assert proj["total_s"] == pytest.approx(sum(stages) + sum(v for k, v in proj["datasets"]["microscopy"].items()
-                                                              if k != "train_concurrent"))
+    assert d["optimize_concurrent"] == pytest.approx(d["optimize"])
+    rates = _unit_rates()
+    rates["drone"]["search"] = 2.0                                   # forensics' batched search rate
+    forensics = project_paper(rates, 1.0, 1.0)["datasets"]["drone"]["forensics"]
+    assert forensics == pytest.approx(8 * 6 * (10 * (F - 1) * n + n))
+    assert proj["total_s"] == pytest.approx(sum(v for st in proj["datasets"].values() for k, v in st.items()
+                                                if not k.endswith("_concurrent")))
 
 
 def test_projection_scales_with_rates_and_tile_size():
@@ -81,9 +85,13 @@ def test_projection_scales_with_rates_and_tile_size():
         r["train_concurrent"] = 4.0
     conc = project_paper(faster, 1.0, 1.0)
     assert conc["total_s"] == pytest.approx(base["total_s"])
-    train_imgs = {d: base["datasets"][d]["train"] - conc["datasets"][d]["train_concurrent"] for d in base["datasets"]}
-    assert all(v > 0 for v in train_imgs.values())
-    assert conc["total_concurrent_s"] == pytest.approx(base["total_s"] - sum(train_imgs.values()))
+    saved = {d: sum(base["datasets"][d][s] - conc["datasets"][d][f"{s}_concurrent"] for s in ("train", "optimize"))
+             for d in base["datasets"]}
+    # 4x the rate: train and optimize save three quarters of their training-step time
+    V, F, E = PAPER_PROTOCOL["views"], PAPER_PROTOCOL["folds"], PAPER_PROTOCOL["epochs"]
+    n = PAPER_PROTOCOL["datasets"]["drone"]["tiles"]
+    assert saved["drone"] == pytest.approx(0.75 * (V * E * (F - 1) * n + 2 * E * (F - 1) * n * 3))
+    assert conc["total_concurrent_s"] == pytest.approx(base["total_s"] - sum(saved.values()))
     # rates measured at 128 px stand for a quarter of the work of a 256-px image
     half = project_paper(_unit_rates(128), 1.0, 1.0)
     for d in base["datasets"]:

@@ -9,7 +9,7 @@ from rawdrift.camera import CAMERAS
 from rawdrift.errors import RawdriftError
 from rawdrift.isp import PARAMETER_GROUPS, ParametrizedISP
 from rawdrift.optimization import (JointFold, curve_rows, isp_export, load_isp, make_front, pack_raw, setting_name,
-                                   summarise, train_jointly)
+                                   summarise, train_jointly, train_settings_concurrently)
 from rawdrift.params import optimize_params
 from rawdrift.tasks import TaskConfig
 from rawdrift.training import train_folds
@@ -94,6 +94,26 @@ def test_raw_mode_sees_no_isp(toy):
     assert [f.train_loss for f in a] == [f.train_loss for f in b]
     fa, fb = _run(toy, "frozen", eval_every=3), _run(toy, "frozen", camera=other, eval_every=3)
     assert [f.train_loss for f in fa] != [f.train_loss for f in fb]
+
+
+def test_settings_trained_concurrently_equal_settings_trained_one_after_another(toy):
+    """A pool of fold processes (what keeps a GPU busy) changes nothing any fold sees."""
+    cam, raw, labels, folds, cfg = toy
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)            # the same intra-op threads as each worker: identical float sums
+    try:
+        serial = [_run(toy, mode, isp_lr=0.05, eval_every=2, intensity=0.5) for mode in ("learned", "raw")]
+    finally:
+        torch.set_num_threads(threads)
+    pooled = train_settings_concurrently(cfg, [("learned", 0.5, raw), ("raw", 0.5, raw)], labels, folds, cam, seed=3,
+                                         device=CPU, isp_lr=0.05, eval_every=2, processes=2, threads=1)
+    assert [[f.fold for f in s] for s in pooled] == [[0, 1, 2], [0, 1, 2]]
+    for a, b in zip(serial, pooled):
+        for fa, fb in zip(a, b):
+            assert (fa.mode, fa.intensity, fa.steps) == (fb.mode, fb.intensity, fb.steps)
+            assert fa.val_metric == fb.val_metric and fa.train_loss == fb.train_loss
+            assert fa.isp == fb.isp
+    assert pooled[0][0].isp is not None and pooled[1][0].isp is None
 
 
 def test_raw_mode_segmentation_predicts_full_resolution_masks():

@@ -23,8 +23,8 @@ SMALL = {"seed": 1, "device": "auto", "precision": "auto",
                   "microscopy": {"count": 18, "tile": 32}, "drone": {"count": 6, "tile": 32}}}
 
 
-def stage(workdir: Path, script: str, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, RAWDRIFT_WORKERS="2")
+def stage(workdir: Path, script: str, *args: str, **env_vars: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, RAWDRIFT_WORKERS="2", **env_vars)
     return subprocess.run([sys.executable, str(ROOT / "stages" / script), *args], cwd=workdir, env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -324,7 +324,9 @@ def test_optimize_stage_writes_table_curves_isps_and_figure(fetched, tmp_path, d
     from rawdrift.optimization import load_isp
     wd = project(tmp_path, merge(merge(SMALL, TRAIN), OPTIMIZE))
     shutil.copytree(fetched / f"data/raw/{dataset}", wd / f"data/raw/{dataset}")
-    r = stage(wd, "optimize.py", dataset)
+    # one intra-op thread: the same float sums as in each worker of the concurrent rerun below
+    threads = {"OMP_NUM_THREADS": "1"} if dataset == "microscopy" else {}
+    r = stage(wd, "optimize.py", dataset, **threads)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"optimize@{dataset}: table 2 (")
     m = json.loads((wd / f"metrics/optimize/{dataset}.json").read_text())
@@ -342,6 +344,11 @@ def test_optimize_stage_writes_table_curves_isps_and_figure(fetched, tmp_path, d
     exported = json.loads((wd / f"models/optimize/{dataset}/isp_scale100_fold2.json").read_text())
     assert load_isp(exported).to_dict()["gamma"][0] == pytest.approx(exported["parameters"]["gamma"][0], rel=1e-6)
     assert (wd / f"plots/optimize/{dataset}.png").stat().st_size > 10_000
+    if dataset == "microscopy":     # every fold of every setting in a pool of processes: the same numbers
+        r = stage(wd, "optimize.py", dataset, RAWDRIFT_CONCURRENT_FOLDS="1", **threads)
+        assert r.returncode == 0, r.stderr
+        assert json.loads((wd / f"metrics/optimize/{dataset}.json").read_text()) == m
+        assert json.loads((wd / f"models/optimize/{dataset}/isp_scale100_fold2.json").read_text()) == exported
 
 
 @pytest.mark.parametrize("patch, msg", [
