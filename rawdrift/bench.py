@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -75,6 +74,18 @@ def _random_data(cfg, n: int, size: int, device: torch.device, gen: torch.Genera
     return x, torch.randint(0, cfg.classes, (n,), device=device, generator=gen)
 
 
+def _pipeline_step(model, opt, cfg, n_data: int, size: int, device: torch.device, gen: torch.Generator, amp: bool):
+    """One step of rawdrift's training loop on random device-resident data: a batch of
+    ``cfg.batch_size`` indices gathered, dihedral augmentation, Normalize, loss, Adam."""
+    x_all, y_all = _random_data(cfg, n_data, size, device, gen)
+
+    def step():
+        idx = torch.randint(0, n_data, (cfg.batch_size,), device=device, generator=gen)
+        xb, yb = dihedral_augment(x_all[idx], y_all[idx], gen)
+        optimisation_step(model, opt, cfg, xb, yb, amp=amp)
+    return step
+
+
 def _steps_per_second(step, device: torch.device, warmup: int, windows: int, steps: int) -> float:
     for _ in range(warmup):
         step()
@@ -109,12 +120,7 @@ def bench_task(dataset: str, cfg_values: dict, size: int, batch: int, device: to
             def step():
                 optimisation_step(model.net, opt, cfg, xb, yb, amp=amp)
         else:
-            x_all, y_all = _random_data(cfg, n_data, size, device, gen)
-
-            def step():
-                idx = torch.randint(0, n_data, (batch,), device=device, generator=gen)
-                xb, yb = dihedral_augment(x_all[idx], y_all[idx], gen)
-                optimisation_step(model, opt, cfg, xb, yb, amp=amp)
+            step = _pipeline_step(model, opt, cfg, n_data, size, device, gen, amp)
         results[mode] = batch * _steps_per_second(step, device, warmup, windows, steps)
     out = {"dataset": dataset, "size": size, "batch": batch, "config": cfg.to_dict(), "bf16": amp}
     out.update({f"{m}_images_per_s": r for m, r in results.items()})
@@ -177,12 +183,7 @@ def _concurrent_worker(dataset: str, cfg_values: dict, size: int, batch: int, de
         torch.manual_seed(seed)
         model = TaskModel(cfg).to(dev, memory_format=torch.channels_last).train()
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        x_all, y_all = _random_data(cfg, n_data, size, dev, gen)
-
-        def step():
-            idx = torch.randint(0, n_data, (batch,), device=dev, generator=gen)
-            xb, yb = dihedral_augment(x_all[idx], y_all[idx], gen)
-            optimisation_step(model, opt, cfg, xb, yb, amp=amp)
+        step = _pipeline_step(model, opt, cfg, n_data, size, dev, gen, amp)
         for _ in range(warmup):
             step()
         _sync(dev)
@@ -357,12 +358,11 @@ def main(argv=None) -> None:
     size = args.size or (256 if device.type == "cuda" else 64)
     cuda = device.type == "cuda"
     folds = PAPER_PROTOCOL["folds"]
-    threads = max(1, (os.cpu_count() or 1) // folds)
     setups = {"microscopy": ({}, 128 if cuda else 32), "drone": (_paper_drone(), 12)}
     runs, concurrent, rates = [], [], {}
     for name, (values, batch) in setups.items():
         run = bench_task(name, values, size, batch, device, amp=amp)
-        conc = bench_concurrent(name, values, size, batch, device, folds, threads=threads, amp=amp,
+        conc = bench_concurrent(name, values, size, batch, device, folds, amp=amp,   # threads as the stages set them
                                 steps=10 if cuda else 3)
         conc["ceiling_at_summed_batch_images_per_s"] = bench_task(
             name, values, size, batch * folds, device, amp=amp, modes=("ceiling",))["ceiling_images_per_s"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,14 @@ def concurrent_folds() -> bool:
     if raw not in ("0", "1"):
         raise RawdriftError(f"RAWDRIFT_CONCURRENT_FOLDS must be 0 or 1, got {raw!r}")
     return raw == "1"
+
+
+def warn_concurrent_on_cpu(device) -> None:
+    """One stderr line when folds run concurrently on a CPU: each process keeps torch's thread
+    count (fewer threads would change the float sums), so they fight over the cores."""
+    if device.type == "cpu":
+        print("warning: RAWDRIFT_CONCURRENT_FOLDS=1 on cpu: the fold processes share the CPU cores and run "
+              "slower than the serial loop (same results); it is meant for a GPU", file=sys.stderr)
 
 
 def check_dataset(name: str) -> str:

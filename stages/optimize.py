@@ -45,6 +45,8 @@ def main(argv: list[str]) -> str:
     seed = P.int_param(params, "seed", 0)
     device = resolve_device(P.get(params, "device"))
     amp = resolve_precision(P.get(params, "precision"), device)
+    if concurrent:
+        P.warn_concurrent_on_cpu(device)
     ds = load_raw_dataset(Path("data/raw") / dataset)
     for v in op["intensities"]:
         if not any(abs(v - f) < 1e-9 for f in ds.intensities):

@@ -38,6 +38,8 @@ def main(argv: list[str]) -> str:
     seed = P.int_param(params, "seed", 0)
     device = resolve_device(P.get(params, "device"))
     amp = resolve_precision(P.get(params, "precision"), device)
+    if concurrent:
+        P.warn_concurrent_on_cpu(device)
     torch.manual_seed(seed)
     ds = load_raw_dataset(Path("data/raw") / dataset)
     views = torch.from_numpy(load_view(Path("data/views") / dataset, view))

@@ -387,6 +387,7 @@ def test_train_stage_with_concurrent_folds_writes_the_same_models(fetched, tmp_p
         r = subprocess.run([sys.executable, str(ROOT / "stages/train.py"), "microscopy", "bi_s_ga"], cwd=wd,
                            env=dict(env, RAWDRIFT_CONCURRENT_FOLDS=flag), capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
+        assert ("warning: RAWDRIFT_CONCURRENT_FOLDS=1 on cpu" in r.stderr) == (flag == "1")
         runs[flag] = (json.loads((wd / "metrics/train/microscopy/bi_s_ga.json").read_text()),
                       (wd / "models/microscopy/bi_s_ga/fold1.safetensors").read_bytes())
     assert runs["0"] == runs["1"]
