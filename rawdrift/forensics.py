@@ -34,7 +34,7 @@ from rawdrift.camera import Camera
 from rawdrift.errors import RawdriftError
 from rawdrift.isp.constraints import constrain, optimiser_groups
 from rawdrift.isp.differentiable import PARAMETER_GROUPS, ParametrizedISP
-from rawdrift.tasks import METRIC, TaskConfig, loss_fn, predict, score
+from rawdrift.tasks import METRIC, TaskConfig, in_batches, loss_fn, predict, score
 
 #: What can be searched: every group together, or one group alone.
 SEARCHES: tuple[str, ...] = ("all",) + PARAMETER_GROUPS
@@ -200,12 +200,6 @@ def adversarial_searches(model: nn.Module, cfg: TaskConfig, camera: Camera, raw:
 
 
 @torch.no_grad()
-def process_batches(isp: ParametrizedISP, raw: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """(N, H, W) raw in [0, 1] -> (N, 3, H, W) views through ``isp``, ``batch_size`` tiles at a time."""
-    return torch.cat([isp(raw[i:i + batch_size]) for i in range(0, raw.shape[0], batch_size)])
-
-
-@torch.no_grad()
 def evaluate_isp(model: nn.Module, task: str, isp: ParametrizedISP, reference: torch.Tensor, raw: torch.Tensor,
                  target: torch.Tensor, batch_size: int = 64, amp: bool = False) -> dict:
     """Metric of ``model`` on ``raw`` processed by ``isp``, and the distances to ``reference``.
@@ -216,7 +210,7 @@ def evaluate_isp(model: nn.Module, task: str, isp: ParametrizedISP, reference: t
     Returns:
         {"metric", "l2" (mean squared difference per entry), "ssim"}.
     """
-    views = process_batches(isp, raw, batch_size)
+    views = in_batches(isp, raw, batch_size)
     pred = predict(model, views.contiguous(memory_format=torch.channels_last), batch_size, amp)
     return {"metric": score(task, pred, target), "l2": float(l2_distance(views, reference)),
             "ssim": float(ssim(views, reference)) if min(raw.shape[-2:]) >= 2 * SSIM_RADIUS + 1 else float("nan")}
@@ -252,7 +246,7 @@ def l2_by_group(camera: Camera, searched: dict, raw: torch.Tensor, reference: to
     out = {}
     for g in PARAMETER_GROUPS:
         isp = ParametrizedISP(camera).to(raw.device).load_dict({**initial, g: searched[g]})
-        views = process_batches(isp, raw, batch_size)
+        views = in_batches(isp, raw, batch_size)
         out[g] = float(l2_distance(views, reference))
     return out
 
@@ -309,7 +303,8 @@ def forensics_sweep(load_model, cfg: TaskConfig, camera: Camera, raw: torch.Tens
             train_idx = np.sort(rng.choice(train_idx, search_tiles, replace=False))
         test_idx = torch.from_numpy(np.flatnonzero(folds == k)).to(device)
         tr = torch.from_numpy(train_idx).to(device)
-        ref_test = process_batches(reference, raw[test_idx])
+        with torch.no_grad():
+            ref_test = in_batches(reference, raw[test_idx])
         clean.append(evaluate_isp(model, cfg.task, reference, ref_test, raw[test_idx], target[test_idx], amp=amp)["metric"])
         pairs = [(g, lam) for g in groups for lam in lambdas]
         per_step = max(1, max_batch // max(1, min(settings.batch_size, tr.numel())))

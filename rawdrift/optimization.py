@@ -36,7 +36,7 @@ from rawdrift.errors import RawdriftError
 from rawdrift.isp.constraints import constrain, optimiser_groups
 from rawdrift.isp.differentiable import ParametrizedISP, check_raw_batch
 from rawdrift.sensor import intensity_name
-from rawdrift.tasks import METRIC, TaskConfig, TaskModel, loss_fn, predict, score
+from rawdrift.tasks import METRIC, TaskConfig, TaskModel, in_batches, loss_fn, predict, score
 from rawdrift.training import BN_TILES, channel_stats, dihedral_augment, recalibrate_batchnorm
 
 MODES: tuple[str, ...] = ("learned", "frozen", "raw")
@@ -167,8 +167,7 @@ def _train_joint_fold(cfg: TaskConfig, mode: str, raw_all: torch.Tensor, y_all: 
     fixed = None
     if mode != "learned":
         with torch.no_grad():
-            fixed = torch.cat([front(raw_all[i:i + 64]) for i in range(0, raw_all.shape[0], 64)])
-            fixed = fixed.contiguous(memory_format=fmt)
+            fixed = in_batches(front, raw_all).contiguous(memory_format=fmt)
 
     def inputs(idx: torch.Tensor) -> torch.Tensor:
         if fixed is not None:
@@ -176,8 +175,7 @@ def _train_joint_fold(cfg: TaskConfig, mode: str, raw_all: torch.Tensor, y_all: 
         return front(raw_all[idx]).contiguous(memory_format=fmt)
 
     with torch.no_grad():
-        mean, std = channel_stats(torch.cat([inputs(train_idx[i:i + 64])
-                                             for i in range(0, train_idx.numel(), 64)]).cpu())
+        mean, std = channel_stats(in_batches(inputs, train_idx).cpu())
     task.normalize.set_stats(mean, std)
     head = head.to(device, memory_format=fmt)
     groups = [{"params": list(task.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
@@ -266,7 +264,7 @@ def _validate(head: nn.Module, inputs, train_idx: torch.Tensor, test_idx: torch.
     """Held-out metric through the current data model (BatchNorm statistics recalibrated first)."""
     with torch.no_grad():
         recalibrate_batchnorm(head, inputs(train_idx[:BN_TILES]), max(cfg.batch_size, 32), amp=amp)
-        x_test = torch.cat([inputs(test_idx[i:i + 64]) for i in range(0, test_idx.numel(), 64)])
+        x_test = in_batches(inputs, test_idx)
     pred = predict(head, x_test, max(cfg.batch_size, 64), amp=amp)
     return score(cfg.task, pred, y_all[test_idx])
 

@@ -116,7 +116,6 @@ def render_stack_torch(raw_path: str | Path, camera: Camera, out_dir: str | Path
         for i in range(0, n, batch_size):
             x = torch.from_numpy(np.array(raw[i:i + batch_size])).to(device).double() / RAW_SCALE
             for v in views:
-                img = render_batch(x, camera, v).clamp_(0, 1).mul_(RAW_SCALE).round_()
-                outs[v][i:i + x.shape[0]] = img.to(torch.int32).cpu().numpy().astype(np.uint16)
+                outs[v][i:i + x.shape[0]] = view_to_uint16(render_batch(x, camera, v).cpu().numpy())
             bar.update(x.shape[0])
     return {"images": n, "views": len(views), "device": str(device)}

@@ -178,6 +178,13 @@ def loss_fn(cfg: TaskConfig, logits: torch.Tensor, target: torch.Tensor) -> torc
     return dice
 
 
+def in_batches(fn, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """``fn`` applied to ``x`` (any tensor indexed along dim 0: tiles, raw mosaics, tile
+    indices) ``batch_size`` rows at a time, the results concatenated along dim 0. Gradients
+    are as the caller sets them (wrap in ``torch.no_grad()`` for inference)."""
+    return torch.cat([fn(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+
+
 def predict(model: nn.Module, views: torch.Tensor, batch_size: int, amp: bool = False) -> torch.Tensor:
     """Predictions for (N, 3, H, W): class indices (N,) or binary masks (N, H, W) uint8."""
     model.eval()
