@@ -23,7 +23,7 @@ PAPER_SETS := -S data.microscopy.count=940 -S data.microscopy.tile=256 \
               -S forensics.search_tiles=0 -S forensics.batch_size=16 \
               -S "forensics.lambda=[100000.0,10000.0,1000.0,100.0,10.0,1.0]"
 
-.PHONY: venv repro repro-paper test test-all bench clean-venv
+.PHONY: venv repro repro-paper scale-study test test-all bench clean-venv
 
 venv: $(STAMP)
 
@@ -45,6 +45,10 @@ repro: $(STAMP)
 
 repro-paper: $(STAMP)
 	$(BIN)/dvc exp run $(PAPER_SETS)
+
+# How processing drift depends on pixel scale (studies/scale/): ~1 h on a 2-core CPU.
+scale-study: $(STAMP)
+	$(BIN)/dvc repro studies/scale/dvc.yaml
 
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -31,8 +31,9 @@ def main(argv: list[str]) -> str:
                   folds=P.int_param(params, "data.folds", 2, 100), seed=P.int_param(params, "seed", 0),
                   intensities=P.ratios_param(params, "data.intensities"))
     if source == "synthetic":
+        optics = P.get(params, f"data.{dataset}").get("optics", "matched")
         meta = synthetic.generate(dataset, out, count=P.int_param(params, f"data.{dataset}.count", 1),
-                                  workers=P.workers(), **common)
+                                  workers=P.workers(), optics=optics, **common)
     else:
         count = P.int_param(params, f"data.{dataset}.count", 0)
         classes = P.get(params, f"data.{dataset}").get("classes")

@@ -10,15 +10,26 @@ Physics, in order (one tile):
 3. Illumination: the halogen lamp through each filter, i.e. the camera response to the
    empty field, chosen as the camera-space colour that the dataset's white balance and
    colour matrix render as neutral white (the inverse of the colour transform).
-4. Optics: Airy PSF of the 0.95 NA objective per wavelength, scaled so the FWHM at 525 nm
-   is the measured 450 nm (facts.md); a small random defocus per tile; pixel-area integration.
+4. Optics: Airy PSF per wavelength, scaled so the FWHM at 525 nm is the measured 450 nm of the
+   study's 40x / 0.95 objective on 0.1625 um pixels (facts.md), i.e. 2.77 pixels; a small random
+   defocus per tile; pixel-area integration. See "Tile geometry" for tiles of fewer pixels.
 5. Sensor: RGGB sampling (the original subsampled three monochrome exposures into a mosaic),
    Poisson shot noise, read noise, 16-bit quantisation (:mod:`rawdrift.sensor`), at each
    exposure ratio from the same mean signal.
 
 Tile geometry: a tile always covers the original field (256 px x 0.1625 um = 41.6 um); a
-smaller ``tile`` samples it with larger pixels (like a lower-magnification objective), so
-the cell stays whole at every size.
+smaller ``tile`` samples it with larger pixels, so the cell stays whole at every size. That is
+a lower-magnification objective on the same camera, and ``optics`` says which one:
+
+- ``matched`` (default): an objective whose resolution matches the new pixel, as objectives are
+  made (numerical aperture roughly proportional to magnification: 40x / 0.95, 10x / 0.25,
+  4x / 0.10) and as a microscopist pairs them with a camera (Nyquist sampling). The PSF and the
+  focus spread keep their size in pixels (FWHM 2.77 px at 525 nm), so every tile size sees the
+  study's relation between optical blur and the ISP's 3 x 3 / 5 x 5 kernels. At 40 px this is a
+  6.2x objective of NA 0.15 (FWHM 2.9 um).
+- ``objective``: the study's 40x / 0.95 objective whatever the pixel (FWHM 0.45 um), i.e. a
+  sensor with larger pixels behind the same lens: at 40 px (1.04 um) the PSF is 0.43 px wide and
+  the image is aliased, so the ISP's pixel-scale filters act on the cells' structure itself.
 """
 
 from __future__ import annotations
@@ -40,6 +51,10 @@ NATIVE_PITCH_UM: float = 0.1625
 WAVELENGTH_UM: tuple[float, float, float] = (0.620, 0.525, 0.450)   # camera R, G, B filters
 NA_OBJECTIVE: float = 0.95
 PSF_FWHM_UM_AT_525: float = 0.45
+#: Largest focus error per tile, as the sigma (um) of the Gaussian blur it adds to the PSF; tiles draw uniformly below it.
+DEFOCUS_SIGMA_UM: float = 0.12
+#: How the optics follow the pixel of a tile smaller than the study's (module docstring).
+OPTICS: tuple[str, ...] = ("matched", "objective")
 #: Linear brightness of the empty field after white balance + colour matrix.
 BACKGROUND_LINEAR: float = 0.82
 
@@ -198,8 +213,41 @@ def scene_densities(rng: np.random.Generator, label: str, n: int) -> np.ndarray:
     return od
 
 
-def render_tile(rng: np.random.Generator, label: str, tile: int) -> np.ndarray:
-    """Mean photo-electrons of one tile's RGGB mosaic (tile, tile) at exposure ratio 1."""
+def optical_scale(tile: int, optics: str = "matched") -> float:
+    """Factor on the study's PSF width and focus spread for a ``tile``-pixel tile (>= 1 below 256 px).
+
+    ``matched``: ``max(1, pitch / 0.1625 um)`` (the blur keeps its size in pixels, never sharper
+    than the study's 40x / 0.95 objective); ``objective``: 1.
+    """
+    if optics not in OPTICS:
+        raise ValueError(f"optics must be one of {', '.join(OPTICS)}, got {optics!r}")
+    return max(1.0, FIELD_UM / tile / NATIVE_PITCH_UM) if optics == "matched" else 1.0
+
+
+def psf_kernels(pitch_um: float, blur_scale: float = 1.0, defocus_um: float = 0.0) -> list[np.ndarray]:
+    """Point-spread function per camera channel (R, G, B) on a grid of ``pitch_um`` (um per pixel).
+
+    The Airy pattern of FWHM ``0.45 um x lambda / 525 nm x blur_scale`` (the study's measured PSF,
+    widened by :func:`optical_scale`), convolved with a Gaussian of sigma ``defocus_um`` (already
+    scaled) for the tile's focus error when that is above 0.02 um x ``blur_scale``.
+    """
+    from scipy.signal import fftconvolve
+    kernels = []
+    for lam in WAVELENGTH_UM:
+        fwhm = PSF_FWHM_UM_AT_525 * lam / 0.525 * blur_scale
+        k = airy_kernel(fwhm / AIRY_FWHM_PER_R0 / pitch_um)
+        if defocus_um > 0.02 * blur_scale:
+            k = fftconvolve(k, gaussian_kernel(defocus_um / pitch_um), mode="full")
+        kernels.append(k)
+    return kernels
+
+
+def render_tile(rng: np.random.Generator, label: str, tile: int, optics: str = "matched") -> np.ndarray:
+    """Mean photo-electrons of one tile's RGGB mosaic (tile, tile) at exposure ratio 1.
+
+    ``optics``: ``matched`` or ``objective`` (module docstring, "Tile geometry").
+    """
+    blur_scale = optical_scale(tile, optics)
     pitch_out = FIELD_UM / tile
     ss = max(2, int(np.ceil(pitch_out / NATIVE_PITCH_UM)))
     n = tile * ss
@@ -208,13 +256,8 @@ def render_tile(rng: np.random.Generator, label: str, tile: int) -> np.ndarray:
     transmission = np.exp(-od)
     white = electrons_white(pitch_out)
     illum = 1 + 0.03 * S.smooth_noise(rng, (n, n), n / 3)            # Koehler field flatness
-    defocus_um = rng.uniform(0.0, 0.12)
+    defocus_um = rng.uniform(0.0, DEFOCUS_SIGMA_UM) * blur_scale
     rgb = np.empty_like(transmission)
-    for c, lam in enumerate(WAVELENGTH_UM):
-        fwhm = PSF_FWHM_UM_AT_525 * lam / 0.525
-        k = airy_kernel(fwhm / AIRY_FWHM_PER_R0 / pitch)
-        if defocus_um > 0.02:
-            from scipy.signal import fftconvolve
-            k = fftconvolve(k, gaussian_kernel(defocus_um / pitch), mode="full")
+    for c, k in enumerate(psf_kernels(pitch, blur_scale, defocus_um)):
         rgb[c] = blur(transmission[c] * illum, k) * white[c]
     return mosaic_rggb(bin_pixels(rgb, ss))

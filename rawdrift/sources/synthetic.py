@@ -47,10 +47,10 @@ def _tile_rng(seed: int, dataset: str, index: int) -> np.random.Generator:
 
 
 def _make_tile(job):
-    dataset, seed, index, tile, label, ratios = job
+    dataset, seed, index, tile, label, ratios, optics = job
     rng = _tile_rng(seed, dataset, index)
     if dataset == "microscopy":
-        electrons, mask = microscopy.render_tile(rng, label, tile), None
+        electrons, mask = microscopy.render_tile(rng, label, tile, optics), None
     else:
         electrons, mask = drone.render_tile(rng, tile)
     sensor = SENSORS[dataset]
@@ -63,7 +63,7 @@ def _workers(workers: int) -> int:
 
 
 def generate(dataset: str, out: str | Path, *, count: int, tile: int, folds: int, seed: int,
-             intensities: list[float], workers: int = 0, progress: bool = True) -> dict:
+             intensities: list[float], workers: int = 0, progress: bool = True, optics: str = "matched") -> dict:
     """Generate a synthetic dataset and write it atomically to ``out`` (``data/raw/<dataset>``).
 
     Args:
@@ -74,6 +74,8 @@ def generate(dataset: str, out: str | Path, *, count: int, tile: int, folds: int
         seed: master seed.
         intensities: exposure ratios in (0, 1], 1.0 included.
         workers: processes (0 = all cores).
+        optics: microscopy only, how the objective follows a pixel larger than the study's:
+            ``matched`` or ``objective`` (:mod:`rawdrift.sources.microscopy`, "Tile geometry").
 
     Returns:
         the meta dict written to meta.json.
@@ -93,7 +95,10 @@ def generate(dataset: str, out: str | Path, *, count: int, tile: int, folds: int
     else:
         labels = np.array([None] * count)
         classes = ["background", "car"]
-    jobs = [(dataset, seed, i, tile, labels[i], intensities) for i in range(count)]
+    if dataset == "microscopy" and optics not in microscopy.OPTICS:
+        raise RawdriftError(f"params.yaml: data.microscopy.optics must be one of {', '.join(microscopy.OPTICS)}, "
+                            f"got {optics!r}")
+    jobs = [(dataset, seed, i, tile, labels[i], intensities, optics) for i in range(count)]
     stacks = {r: np.empty((count, tile, tile), np.uint16) for r in intensities}
     masks = np.empty((count, tile, tile), np.uint8) if dataset == "drone" else None
     n_workers = min(_workers(workers), count)
@@ -124,6 +129,9 @@ def generate(dataset: str, out: str | Path, *, count: int, tile: int, folds: int
             "pixel_pitch": (f"{microscopy.FIELD_UM / tile:.4f} um (sample plane)" if dataset == "microscopy"
                             else f"{drone.FIELD_M / tile:.4f} m (ground sampling distance)"),
             "sensor": SENSORS[dataset].to_dict(),
+            **({"optics": optics, "psf_fwhm_525nm_um": round(microscopy.PSF_FWHM_UM_AT_525
+                                                             * microscopy.optical_scale(tile, optics), 4)}
+               if dataset == "microscopy" else {}),
             "licence": "generated data, CC0",
         },
     }

@@ -1,0 +1,218 @@
+"""How processing drift depends on pixel scale: view drop and corruption drop per tile size.
+
+One study point = one dataset generated at one tile size (the field of view is fixed, so the
+tile size sets the pixel at the sample / on the ground), a few views rendered from the same
+raw, one k-fold model per view, then
+
+- the view matrix: every view's fold models on their held-out tiles in every studied view
+  (the cross-evaluation of :mod:`rawdrift.crosseval`, restricted to the studied views);
+- the corruption baseline: each view's fold models on their own held-out tiles under each
+  common corruption at one severity (:mod:`rawdrift.corruptions`, same seeds per fold).
+
+Everything is computed in memory from the same generator, renderer and training loop as the
+pipeline, so a point at the default profile's tile and views reproduces the pipeline's
+numbers for those views.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rawdrift.camera import RAW_SCALE
+from rawdrift.corruptions import corrupt, corruption_seed
+from rawdrift.errors import RawdriftError
+from rawdrift.isp.batched import render_batch
+from rawdrift.sources import synthetic
+from rawdrift.sources.store import load_raw_dataset, load_targets, view_to_uint16
+from rawdrift.tasks import TaskConfig, predict, score
+from rawdrift.training import train_folds
+
+#: Views that span the extremes of the default 12 x 12 matrix (smooth vs sharpened, three demosaics).
+STUDY_VIEWS: tuple[str, ...] = ("bi_s_ga", "ma_u_me", "me_s_me", "bi_u_ga")
+
+#: The study's own figures (facts.md, section 5.1): diagonal, off-diagonal, corruption drop at severity 3.
+PAPER = {
+    "microscopy": {"pixel": 0.1625, "unit": "um", "diagonal": 0.82, "off_diagonal": 0.80, "drop": 0.02,
+                   "corruption_drop": 0.27, "ratio": 13.5},
+    "drone": {"pixel": 0.06, "unit": "m", "diagonal": 0.71, "off_diagonal": 0.65, "drop": 0.06,
+              "corruption_drop": 0.22, "ratio": 3.7},
+}
+
+
+@dataclass(frozen=True)
+class StudyPoint:
+    """One point of the study: a dataset at a tile size, generator options and training recipe."""
+
+    dataset: str
+    tile: int
+    label: str = "default"
+    optics: str = "matched"
+    count: int = 240
+    folds: int = 3
+    seed: int = 0
+    views: tuple[str, ...] = STUDY_VIEWS
+    task: dict = field(default_factory=dict)
+
+    def name(self) -> str:
+        return f"{self.dataset}-{self.tile}px-{self.label}"
+
+
+POINT_KEYS = {"dataset", "tile", "label", "optics", "epochs"}
+
+
+def check_point(spec: dict, where: str) -> dict:
+    """Validate one point's settings: dataset, even tile >= 16, optional optics, epochs >= 1, label."""
+    from rawdrift.sources.microscopy import OPTICS
+    if not isinstance(spec, dict):
+        raise RawdriftError(f"{where} must be a mapping")
+    unknown = set(spec) - POINT_KEYS
+    if unknown:
+        raise RawdriftError(f"{where}: unknown key(s) {sorted(unknown)}; expected some of {sorted(POINT_KEYS)}")
+    if spec.get("dataset") not in PAPER:
+        raise RawdriftError(f"{where}.dataset must be one of {', '.join(PAPER)}, got {spec.get('dataset')!r}")
+    tile = spec.get("tile")
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 16 or tile % 2:
+        raise RawdriftError(f"{where}.tile must be an even integer >= 16, got {tile!r}")
+    if "optics" in spec and (spec["dataset"] != "microscopy" or spec["optics"] not in OPTICS):
+        raise RawdriftError(f"{where}.optics must be one of {', '.join(OPTICS)} (microscopy only), "
+                            f"got {spec['optics']!r}")
+    epochs = spec.get("epochs", 1)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise RawdriftError(f"{where}.epochs must be an integer >= 1, got {epochs!r}")
+    return spec
+
+
+def render_views(raw: np.ndarray, camera, views) -> dict[str, torch.Tensor]:
+    """uint16 (N, H, W) raw -> {view: float32 (N, 3, H, W)} through the uint16 store format."""
+    x = torch.from_numpy(raw.astype(np.float64)) / RAW_SCALE
+    out = {}
+    for v in views:
+        img = torch.cat([render_batch(x[i:i + 64], camera, v) for i in range(0, x.shape[0], 64)])
+        out[v] = torch.from_numpy(view_to_uint16(img.numpy()).astype(np.float32) / np.float32(RAW_SCALE))
+    return out
+
+
+def view_matrix(models: dict[str, list], views: dict[str, torch.Tensor], targets: torch.Tensor,
+                folds: np.ndarray, task: str, device: torch.device) -> np.ndarray:
+    """(k, V, V) scores: fold k's model of train view i on fold k's held-out tiles in view j."""
+    names = list(views)
+    k_folds = int(folds.max()) + 1
+    out = np.zeros((k_folds, len(names), len(names)))
+    for k in range(k_folds):
+        idx = torch.from_numpy(np.flatnonzero(folds == k))
+        y = targets[idx].to(device)
+        for i, a in enumerate(names):
+            for j, b in enumerate(names):
+                out[k, i, j] = score(task, predict(models[a][k], views[b][idx].to(device), 64), y)
+    return out
+
+
+def corruption_matrix(models: dict[str, list], views: dict[str, torch.Tensor], targets: torch.Tensor,
+                      folds: np.ndarray, task: str, device: torch.device, corruptions, severity: int,
+                      seed: int, scale: float) -> np.ndarray:
+    """(k, V, C) scores of each view's fold models on their own held-out tiles, corrupted."""
+    names = list(views)
+    k_folds = int(folds.max()) + 1
+    out = np.zeros((k_folds, len(names), len(corruptions)))
+    for k in range(k_folds):
+        idx = torch.from_numpy(np.flatnonzero(folds == k))
+        y = targets[idx].to(device)
+        for i, v in enumerate(names):
+            held = views[v][idx].to(device)
+            for c, name in enumerate(corruptions):
+                gen = torch.Generator(device=device).manual_seed(corruption_seed(seed, k, name, severity))
+                out[k, i, c] = score(task, predict(models[v][k], corrupt(held, name, severity, gen, scale), 64), y)
+    return out
+
+
+def summarise(matrix: np.ndarray, corrupted: np.ndarray) -> dict:
+    """Headline figures of one point from its (k, V, V) view matrix and (k, V, C) corruption scores."""
+    mean = matrix.mean(0)
+    n = mean.shape[0]
+    off = ~np.eye(n, dtype=bool)
+    diag = float(np.diag(mean).mean())
+    off_mean = float(mean[off].mean())
+    corr_mean = float(corrupted.mean())
+    drop = diag - off_mean
+    corruption_drop = diag - corr_mean
+    return {"diagonal": diag, "off_diagonal": off_mean, "drop": drop, "worst_cell": float(mean[off].min()),
+            "corrupted": corr_mean, "corruption_drop": corruption_drop,
+            "ratio": corruption_drop / drop if drop > 0 else None,
+            "diagonal_std": float(np.diag(matrix.std(0, ddof=1)).mean()) if matrix.shape[0] > 1 else 0.0}
+
+
+def run_point(point: StudyPoint, cfg: TaskConfig, corruptions, severity: int = 3, reference_tile: int = 256,
+              device: torch.device | None = None, workers: int = 0, progress: bool = False) -> dict:
+    """Generate, render, train and evaluate one study point; returns its figures and matrices."""
+    device = device or torch.device("cpu")
+    with tempfile.TemporaryDirectory(prefix="rawdrift-scale-") as tmp:
+        raw_dir = Path(tmp) / point.dataset
+        synthetic.generate(point.dataset, raw_dir, count=point.count, tile=point.tile, folds=point.folds,
+                           seed=point.seed, intensities=[1.0], workers=workers, progress=progress,
+                           optics=point.optics)
+        ds = load_raw_dataset(raw_dir)
+        raw = np.array(ds.raw(1.0))
+        targets = load_targets(ds)
+        camera, folds = ds.camera, np.array(ds.folds)
+    if point.task:
+        cfg = replace(cfg, **point.task)
+    views = render_views(raw, camera, point.views)
+    models = {}
+    curves = {}
+    for v, x in views.items():
+        results = train_folds(cfg, x, targets, folds, point.seed, device, progress=progress, desc=f"{point.name()} {v}")
+        models[v] = [r.model for r in results]
+        curves[v] = [r.val_metric for r in results]
+    matrix = view_matrix(models, views, targets, folds, cfg.task, device)
+    corrupted = corruption_matrix(models, views, targets, folds, cfg.task, device, corruptions, severity,
+                                  point.seed, point.tile / reference_tile)
+    pitch = {"microscopy": 41.6 / point.tile, "drone": 15.36 / point.tile}[point.dataset]
+    return {"name": point.name(), "dataset": point.dataset, "tile": point.tile, "label": point.label,
+            "ablation": bool(point.task) or point.optics != "matched", "pixel": pitch, "optics": point.optics, "count": point.count, "folds": point.folds,
+            "epochs": cfg.epochs, "views": list(views), "task": point.task,
+            **summarise(matrix, corrupted),
+            "matrix": matrix.mean(0).tolist(), "corruption_scores": corrupted.mean((0, 1)).tolist(),
+            "corruptions": list(corruptions), "severity": severity}
+
+
+def scale_figure(results: list[dict], out) -> None:
+    """View drop and corruption drop against the pixel (in units of the study's pixel), one panel per
+    dataset; the study's own figures marked at 1; ablations (another optics or recipe) as labelled dots."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from rawdrift.io import save_figure
+    datasets = [d for d in PAPER if any(r["dataset"] == d for r in results)]
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 4.0), squeeze=False)
+    for ax, d in zip(axes[0], datasets):
+        paper = PAPER[d]
+        rows = sorted((r for r in results if r["dataset"] == d), key=lambda r: r["pixel"])
+        series = [r for r in rows if not r.get("ablation")]
+        x = [r["pixel"] / paper["pixel"] for r in series]
+        ax.plot(x, [r["drop"] for r in series], "o-", color="C0", label="view drop (diagonal - off-diagonal)")
+        ax.plot(x, [r["corruption_drop"] for r in series], "s-", color="C3", label="corruption drop (severity 3)")
+        ax.plot([1], [paper["drop"]], "*", ms=14, color="C0", mec="k", label="study: view drop")
+        ax.plot([1], [paper["corruption_drop"]], "*", ms=14, color="C3", mec="k", label="study: corruption drop")
+        for r in rows:
+            if r.get("ablation"):
+                xr = r["pixel"] / paper["pixel"]
+                ax.plot([xr], [r["drop"]], "o", color="C1", mfc="none")
+                ax.annotate(r["label"], (xr, r["drop"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+        for r in series:
+            ax.annotate(f"{r['tile']} px", (r["pixel"] / paper["pixel"], r["drop"]), fontsize=7,
+                        xytext=(-8, -12), textcoords="offset points")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(f"pixel / study's pixel ({paper['pixel']} {paper['unit']})")
+        ax.set_ylabel("drop in " + ("accuracy" if d == "microscopy" else "IoU"))
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"{d}: drift vs pixel scale")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, out, dpi=90)
+    plt.close(fig)
