@@ -1,7 +1,7 @@
 """The whole DAG at the tests' tiny profile, in a scratch workspace, in about a minute.
 
-``python -m rawdrift.demo [--keep DIR]`` (``make demo``) copies the code (the files git tracks,
-without the committed results) into a new folder (DIR, or a fresh temporary folder), makes it
+``python -m rawdrift.demo [--keep DIR]`` (``make demo``) copies the code (the working tree's files
+that git tracks or does not ignore, without the committed results) into a new folder (DIR, or a fresh temporary folder), makes it
 its own git repository with its own ``dvc init`` and DVC cache, writes :data:`PROFILE` as
 ``params.yaml``, runs ``dvc repro`` and commits the results, then prints where every artifact
 is. The workspace it was started from and its DVC cache are not touched, and the folder stays,
@@ -68,9 +68,10 @@ def profile(source: Path = SOURCE) -> dict:
 
 
 def code_files(source: Path = SOURCE) -> list[str]:
-    """The files to copy: what git tracks in ``source`` (as they are in its working tree)."""
+    """The files to copy: what git tracks in ``source`` and new files it does not ignore, as they
+    are in its working tree."""
     try:
-        out = subprocess.run(["git", "ls-files", "-z"], cwd=source, capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=source, capture_output=True, text=True, check=True).stdout
         files = [f for f in out.split("\0") if f]
     except (OSError, subprocess.CalledProcessError):
         raise RawdriftError(f"{source}: not a git checkout (the demo copies the files git tracks)") from None
