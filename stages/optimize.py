@@ -26,11 +26,11 @@ import torch  # noqa: E402
 from rawdrift import params as P  # noqa: E402
 from rawdrift.camera import RAW_SCALE  # noqa: E402
 from rawdrift.errors import RawdriftError  # noqa: E402
+from rawdrift.headline import ROOT as HEADLINE, optimize_headline  # noqa: E402
 from rawdrift.io import atomic_dir, write_json  # noqa: E402
 from rawdrift.isp import ParametrizedISP  # noqa: E402
 from rawdrift.optimization import (curve_rows, isp_export, load_isp, setting_name, summarise,  # noqa: E402
                                    train_jointly, train_settings_concurrently, with_epochs)
-from rawdrift.headline import ROOT as HEADLINE, optimize_headline  # noqa: E402
 from rawdrift.reports import optimization_figure  # noqa: E402
 from rawdrift.runtime import resolve_device, resolve_precision  # noqa: E402
 from rawdrift.sensor import intensity_name  # noqa: E402

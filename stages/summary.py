@@ -1,7 +1,7 @@
 """Stage summary: headline numbers per dataset into metrics/summary.json, the ranking tables
-(paper tables 5-9; the stars of figures 4, 5) into metrics/rankings.json, the few figures compared between runs into
-metrics/headline/summary.json, and the
-data-model vs common-corruption comparison figures into plots/comparison/.
+(paper tables 5-9; the stars of figures 4, 5) into metrics/rankings.json, the few figures
+compared between runs into metrics/headline/summary.json, and the data-model vs
+common-corruption comparison figures into plots/comparison/.
 
 Usage: python stages/summary.py
 """
