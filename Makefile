@@ -1,7 +1,7 @@
 # rawdrift: two commands do everything on a fresh machine.
 #   make repro   venv + the whole DVC pipeline on the embedded synthetic data (default profile)
 #   make test    venv + the test suite
-#   make demo    venv + the whole DAG at the tests' tiny profile in a scratch workspace (about 2 minutes)
+#   make demo    venv + the whole DAG at the tests' tiny profile in a scratch workspace
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv

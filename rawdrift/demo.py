@@ -1,4 +1,4 @@
-"""The whole DAG at the tests' tiny profile, in a scratch workspace, in about a minute.
+"""The whole DAG at the tests' tiny profile, in a scratch workspace.
 
 ``python -m rawdrift.demo [--keep DIR]`` (``make demo``) copies the code (the working tree's files
 that git tracks or does not ignore, without the committed results) into a new folder (DIR, or a fresh temporary folder), makes it
