@@ -1,6 +1,7 @@
 # rawdrift: two commands do everything on a fresh machine.
 #   make repro   venv + the whole DVC pipeline on the embedded synthetic data (default profile)
 #   make test    venv + the test suite
+#   make demo    venv + the whole DAG at the tests' tiny profile in a scratch workspace
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -23,7 +24,7 @@ PAPER_SETS := -S data.microscopy.count=940 -S data.microscopy.tile=256 \
               -S forensics.search_tiles=0 -S forensics.batch_size=16 \
               -S "forensics.lambda=[100000.0,10000.0,1000.0,100.0,10.0,1.0]"
 
-.PHONY: venv repro repro-paper scale-study test test-all bench clean-venv
+.PHONY: venv repro repro-paper scale-study demo test test-all bench clean-venv
 
 venv: $(STAMP)
 
@@ -42,6 +43,11 @@ $(TEST_STAMP): requirements-test.txt requirements-remote.txt $(STAMP)
 repro: $(STAMP)
 	test -d .dvc || $(BIN)/dvc init -q
 	$(BIN)/dvc repro
+
+# The whole DAG at the tests' tiny profile in a scratch git + DVC workspace (a temporary folder,
+# or DIR=path); prints where every artifact is. Your workspace and DVC cache are not touched.
+demo: $(STAMP)
+	$(BIN)/python -m rawdrift.demo $(if $(DIR),--keep $(DIR))
 
 repro-paper: $(STAMP)
 	$(BIN)/dvc exp run $(PAPER_SETS)

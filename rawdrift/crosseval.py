@@ -80,6 +80,22 @@ def headline(result: dict) -> dict:
     }
 
 
+def write_matrix_csv(result: dict, path: str | Path) -> None:
+    """The matrix as ``dvc plots`` data: one row per (train view, test view) with the mean and std
+    over folds, in the matrix's order (drawn by the ``matrix`` template, compared by
+    ``dvc plots diff``)."""
+    import csv
+
+    from rawdrift.io import atomic_file
+    metric, views = result["metric"], result["views"]
+    with atomic_file(path, suffix=".csv") as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["train_view", "test_view", metric, "std"])
+        for i, a in enumerate(views):
+            for j, b in enumerate(views):
+                w.writerow([a, b, f"{result['mean'][i][j]:.6g}", f"{result['std'][i][j]:.6g}"])
+
+
 def _worst_pair(mean: np.ndarray, views) -> dict:
     drop = np.diag(mean)[:, None] - mean
     i, j = np.unravel_index(np.argmax(drop), drop.shape)

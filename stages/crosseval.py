@@ -1,7 +1,8 @@
 """Stage crosseval@<dataset>: every fold model of every train view on its held-out tiles in all 12 views.
 
 Usage: python stages/crosseval.py <dataset>
-Writes metrics/crosseval/<dataset>.json, plots/crosseval/<dataset>.png and
+Writes metrics/crosseval/<dataset>.json, the matrix as plot data plots/crosseval/<dataset>.csv,
+plots/crosseval/<dataset>.png and
 plots/crosseval/<dataset>_worst_pair.png.
 """
 
@@ -15,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from rawdrift import params as P  # noqa: E402
-from rawdrift.crosseval import crosseval, headline  # noqa: E402
+from rawdrift.crosseval import crosseval, headline, write_matrix_csv  # noqa: E402
 from rawdrift.io import write_json  # noqa: E402
 from rawdrift.reports import crosseval_heatmap, pair_figure  # noqa: E402
 from rawdrift.sources.store import load_raw_dataset, load_targets, load_view  # noqa: E402
@@ -33,6 +34,7 @@ def main(argv: list[str]) -> str:
     result = crosseval(Path("models") / dataset, views_dir, load_targets(ds), ds.folds, ds.task, device,
                        amp=amp)
     write_json(Path("metrics/crosseval") / f"{dataset}.json", result)
+    write_matrix_csv(result, Path("plots/crosseval") / f"{dataset}.csv")
     head = headline(result)
     crosseval_heatmap(result, Path("plots/crosseval") / f"{dataset}.png",
                       f"{dataset}: train view x test view, {result['metric']} (* best train view per column)")

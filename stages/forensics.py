@@ -4,7 +4,8 @@ Usage: python stages/forensics.py <dataset>
 The fold models trained on view bi_s_ga, frozen; for every searched group x lambda x fold the
 constrained ParametrizedISP is searched on the fold's training tiles (eq. 9) and evaluated on
 its held-out tiles. Writes metrics/forensics/<dataset>.json (sweep), <dataset>_signature.json
-and <dataset>_signature.md (forensic signature), plots/forensics/<dataset>.png (metric vs lambda,
+and <dataset>_signature.md (forensic signature), its headline
+metrics/headline/forensics_<dataset>.json, plots/forensics/<dataset>.png (metric vs lambda,
 l2 vs metric) and plots/forensics/<dataset>_tiles.png (one tile at several lambda).
 """
 
@@ -22,6 +23,7 @@ from rawdrift import params as P  # noqa: E402
 from rawdrift.camera import RAW_SCALE  # noqa: E402
 from rawdrift.forensics import (SearchSettings, forensic_signature, forensics_sweep, lambda_key,  # noqa: E402
                                 signature_markdown)
+from rawdrift.headline import ROOT as HEADLINE, forensics_headline  # noqa: E402
 from rawdrift.io import atomic_file, write_json  # noqa: E402
 from rawdrift.isp import ParametrizedISP  # noqa: E402
 from rawdrift.models import check_fold_counts, load_fold_model  # noqa: E402
@@ -58,6 +60,7 @@ def main(argv: list[str]) -> str:
     write_json(out / f"{dataset}_signature.json", signature)
     with atomic_file(out / f"{dataset}_signature.md") as tmp:
         tmp.write_text(signature_markdown(signature, dataset))
+    write_json(HEADLINE / f"forensics_{dataset}.json", forensics_headline(dataset, signature))
     plots = Path("plots/forensics")
     forensics_figure(result, plots / f"{dataset}.png",
                      f"{dataset}: frozen model (trained on bi,s,ga) after {fp['epochs']} epochs of search per group "

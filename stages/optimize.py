@@ -4,7 +4,8 @@ Usage: python stages/optimize.py <dataset>
 For every mode (learned, frozen, raw) x raw intensity x fold, the task model of train.<dataset>
 is trained from the raw tiles at that exposure (epochs from optimize.<dataset>.epochs), the
 held-out metric measured every optimize.<dataset>.eval_every steps. Writes
-metrics/optimize/<dataset>.json (table 2 and final metrics), plots/optimize/<dataset>/ (dvclive
+metrics/optimize/<dataset>.json (table 2 and final metrics), its headline
+metrics/headline/optimize_<dataset>.json (table 2's means), plots/optimize/<dataset>/ (dvclive
 curves per setting and fold, curves.csv for the band plot of figure 7), plots/optimize/
 <dataset>.png (figure 7) and models/optimize/<dataset>/isp_<scale>_fold<k>.json (learned ISPs,
 readable by rawdrift.optimization.load_isp). RAWDRIFT_CONCURRENT_FOLDS=1 trains every fold of
@@ -25,6 +26,7 @@ import torch  # noqa: E402
 from rawdrift import params as P  # noqa: E402
 from rawdrift.camera import RAW_SCALE  # noqa: E402
 from rawdrift.errors import RawdriftError  # noqa: E402
+from rawdrift.headline import ROOT as HEADLINE, optimize_headline  # noqa: E402
 from rawdrift.io import atomic_dir, write_json  # noqa: E402
 from rawdrift.isp import ParametrizedISP  # noqa: E402
 from rawdrift.optimization import (curve_rows, isp_export, load_isp, setting_name, summarise,  # noqa: E402
@@ -79,6 +81,7 @@ def main(argv: list[str]) -> str:
     with atomic_dir(plots) as tmp:
         _write_curves(tmp, results, metric)
     write_json(Path("metrics/optimize") / f"{dataset}.json", summary)
+    write_json(HEADLINE / f"optimize_{dataset}.json", optimize_headline(dataset, summary))
     optimization_figure(summary, _tiles(ds, results, op["intensities"]), Path("plots/optimize") / f"{dataset}.png",
                         f"{dataset}: drift optimization (task model {cfg.arch}, {cfg.epochs} epochs, "
                         f"{int(ds.folds.max()) + 1} folds, ISP lr {op['isp_lr']:g})")

@@ -1,6 +1,7 @@
 """Stage summary: headline numbers per dataset into metrics/summary.json, the ranking tables
-(paper tables 5-9; the stars of figures 4, 5) into metrics/rankings.json, and the
-data-model vs common-corruption comparison figures into plots/comparison/.
+(paper tables 5-9; the stars of figures 4, 5) into metrics/rankings.json, the few figures
+compared between runs into metrics/headline/summary.json, and the data-model vs
+common-corruption comparison figures into plots/comparison/.
 
 Usage: python stages/summary.py
 """
@@ -18,6 +19,7 @@ from rawdrift import params as P  # noqa: E402
 from rawdrift.corruptions import corrupt, corruption_headline, corruption_seed  # noqa: E402
 from rawdrift.crosseval import headline  # noqa: E402
 from rawdrift.errors import RawdriftError  # noqa: E402
+from rawdrift.headline import ROOT as HEADLINE, summary_headline  # noqa: E402
 from rawdrift.io import read_json, write_json  # noqa: E402
 from rawdrift.reports import comparison_figure, pair_figure  # noqa: E402
 from rawdrift.sources.store import load_raw_dataset, load_view  # noqa: E402
@@ -75,6 +77,7 @@ def main(argv: list[str]) -> str:
                          Path("plots/comparison") / f"{dataset}_tiles.png")
     write_json(Path("metrics/summary.json"), summary)
     write_json(Path("metrics/rankings.json"), rankings)
+    write_json(HEADLINE / "summary.json", summary_headline(summary))
     parts = []
     for d, s in summary.items():
         ratio = s["corruptions"]["ratio"]

@@ -2,7 +2,8 @@
 
 Usage: python stages/train.py <dataset> <view>
 Writes models/<dataset>/<view>/ (fold<k>.safetensors + model.json, atomically),
-metrics/train/<dataset>/<view>.json and dvclive curves under plots/train/<dataset>/<view>/.
+metrics/train/<dataset>/<view>.json, its headline
+metrics/headline/train/<dataset>/<view>.json and dvclive curves under plots/train/<dataset>/<view>/.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch  # noqa: E402
 
 from rawdrift import params as P  # noqa: E402
 from rawdrift.errors import RawdriftError  # noqa: E402
+from rawdrift.headline import ROOT as HEADLINE, train_headline  # noqa: E402
 from rawdrift.io import write_json  # noqa: E402
 from rawdrift.isp import parse_view  # noqa: E402
 from rawdrift.models import save_fold_models  # noqa: E402
@@ -60,6 +62,7 @@ def main(argv: list[str]) -> str:
     write_json(Path("metrics/train") / dataset / f"{view}.json",
                {"metric": metric, "folds": len(final), "per_fold": final, "mean": mean, "std": std,
                 "epochs": cfg.epochs})
+    write_json(HEADLINE / "train" / dataset / f"{view}.json", train_headline(dataset, view, mean))
     return (f"train@{dataset}-{view}: {len(final)} folds x {cfg.epochs} epochs on {device.type}"
             f"{' (bf16)' if amp else ''}, held-out {metric} {mean:.3f} +- {std:.3f}")
 

@@ -85,5 +85,6 @@ def test_second_clone_restores_the_train_stage_from_the_s3_run_cache(tmp_path, s
     assert "Running stage" not in out, out
     for stage in ("fetch@microscopy", "render@microscopy", TARGET):
         assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in out, out
-    for f in ("models/microscopy/bi_s_ga/fold0.safetensors", "metrics/train/microscopy/bi_s_ga.json"):
+    for f in ("models/microscopy/bi_s_ga/fold0.safetensors", "metrics/train/microscopy/bi_s_ga.json",
+              "metrics/headline/train/microscopy/bi_s_ga.json"):
         assert (b / f).read_bytes() == (a / f).read_bytes(), f
