@@ -14,26 +14,23 @@ every setting in a pool of processes on the same device (same results).
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from rawdrift import params as P  # noqa: E402
-from rawdrift.camera import RAW_SCALE  # noqa: E402
-from rawdrift.errors import RawdriftError  # noqa: E402
-from rawdrift.io import atomic_dir, write_json  # noqa: E402
-from rawdrift.isp import ParametrizedISP  # noqa: E402
-from rawdrift.optimization import (curve_rows, isp_export, load_isp, setting_name, summarise,  # noqa: E402
+from rawdrift import params as P
+from rawdrift.camera import RAW_SCALE
+from rawdrift.errors import RawdriftError
+from rawdrift.io import atomic_dir, write_json
+from rawdrift.isp import ParametrizedISP
+from rawdrift.optimization import (curve_rows, isp_export, load_isp, setting_name, summarise,
                                    train_jointly, train_settings_concurrently, with_epochs)
-from rawdrift.reports import optimization_figure  # noqa: E402
-from rawdrift.runtime import resolve_device, resolve_precision  # noqa: E402
-from rawdrift.sensor import intensity_name  # noqa: E402
-from rawdrift.sources.store import load_raw_dataset, load_targets  # noqa: E402
-from stages._cli import dataset_arg, run  # noqa: E402
+from rawdrift.reports import optimization_figure
+from rawdrift.runtime import resolve_device, resolve_precision
+from rawdrift.sensor import intensity_name
+from rawdrift.sources.store import load_raw_dataset, load_targets
+from rawdrift.cli import dataset_arg, run
 
 
 def main(argv: list[str]) -> str:

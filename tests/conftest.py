@@ -1,10 +1,6 @@
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def mosaic_from_rgb(rgb: np.ndarray) -> np.ndarray:

@@ -18,8 +18,7 @@ def reference_view(raw, camera, view):
     """Written from facts.md alone (not from rawdrift), as a check of order and conventions."""
     dm, sh, dn = view.split("_")
     x = raw.astype(np.float64).copy()
-    bl = camera.black_level
-    x[0::2, 0::2] -= bl[0]; x[0::2, 1::2] -= bl[1]; x[1::2, 0::2] -= bl[2]; x[1::2, 1::2] -= bl[3]
+    x -= camera.black_level_map(*x.shape)
     f = {"bi": cd.demosaicing_CFA_Bayer_bilinear, "ma": cd.demosaicing_CFA_Bayer_Malvar2004,
          "me": cd.demosaicing_CFA_Bayer_Menon2007}[dm]
     rgb = f(x, "RGGB")
