@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from rawdrift import params as P
-from rawdrift.corruptions import corruption_eval
+from rawdrift.corruptions import CORRUPTIONS, corruption_eval
 from rawdrift.io import write_json
 from rawdrift.reports import corruption_heatmaps
 from rawdrift.runtime import resolve_device, resolve_precision
@@ -24,7 +24,7 @@ from rawdrift.cli import dataset_arg, run
 def main(argv: list[str]) -> str:
     dataset = dataset_arg(argv, "corruptions.py")
     params = P.load_params()
-    cp = P.corruption_params(params)
+    cp = P.corruption_params(params, CORRUPTIONS)
     seed = P.int_param(params, "seed", 0)
     device = resolve_device(P.get(params, "device"))
     amp = resolve_precision(P.get(params, "precision"), device)

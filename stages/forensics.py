@@ -17,7 +17,7 @@ import torch
 
 from rawdrift import params as P
 from rawdrift.camera import RAW_SCALE
-from rawdrift.forensics import (SearchSettings, forensic_signature, forensics_sweep, lambda_key,
+from rawdrift.forensics import (REGULARISERS, SEARCHES, SearchSettings, forensic_signature, forensics_sweep, lambda_key,
                                 signature_markdown)
 from rawdrift.io import atomic_file, write_json
 from rawdrift.isp import ParametrizedISP
@@ -34,7 +34,7 @@ VIEW = "bi_s_ga"
 def main(argv: list[str]) -> str:
     dataset = dataset_arg(argv, "forensics.py")
     params = P.load_params()
-    fp = P.forensics_params(params)
+    fp = P.forensics_params(params, SEARCHES, REGULARISERS)
     seed = P.int_param(params, "seed", 0)
     device = resolve_device(P.get(params, "device"))
     amp = resolve_precision(P.get(params, "precision"), device)

@@ -24,20 +24,21 @@ from rawdrift.camera import RAW_SCALE
 from rawdrift.errors import RawdriftError
 from rawdrift.io import atomic_dir, write_json
 from rawdrift.isp import ParametrizedISP
-from rawdrift.optimization import (curve_rows, isp_export, load_isp, setting_name, summarise,
+from rawdrift.optimization import (MODES, curve_rows, isp_export, load_isp, setting_name, summarise,
                                    train_jointly, train_settings_concurrently, with_epochs)
 from rawdrift.reports import optimization_figure
 from rawdrift.runtime import resolve_device, resolve_precision
 from rawdrift.sensor import intensity_name
 from rawdrift.sources.store import load_raw_dataset, load_targets
+from rawdrift.tasks import task_config
 from rawdrift.cli import dataset_arg, run
 
 
 def main(argv: list[str]) -> str:
     dataset = dataset_arg(argv, "optimize.py")
     params = P.load_params()
-    op = P.optimize_params(params, dataset)
-    cfg = with_epochs(P.task_params(params, dataset), op["epochs"])
+    op = P.optimize_params(params, dataset, MODES)
+    cfg = with_epochs(P.task_params(params, dataset, task_config), op["epochs"])
     concurrent = P.concurrent_folds()
     seed = P.int_param(params, "seed", 0)
     device = resolve_device(P.get(params, "device"))

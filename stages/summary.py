@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from rawdrift import params as P
-from rawdrift.corruptions import corrupt, corruption_headline, corruption_seed
+from rawdrift.corruptions import CORRUPTIONS, corrupt, corruption_headline, corruption_seed
 from rawdrift.crosseval import headline
 from rawdrift.errors import RawdriftError
 from rawdrift.io import read_json, write_json
@@ -44,7 +44,7 @@ def comparison_tiles(dataset: str, head: dict, corr_head: dict, seed: int, refer
 
 def main(argv: list[str]) -> str:
     params = P.load_params()
-    cp = P.corruption_params(params)
+    cp = P.corruption_params(params, CORRUPTIONS)
     seed = P.int_param(params, "seed", 0)
     sev = cp["summary_severity"]
     summary, rankings = {}, {}

@@ -18,7 +18,7 @@ from rawdrift.io import write_json
 from rawdrift.isp import parse_view
 from rawdrift.models import save_fold_models
 from rawdrift.sources.store import load_raw_dataset, load_targets, load_view
-from rawdrift.tasks import METRIC
+from rawdrift.tasks import METRIC, task_config
 from rawdrift.runtime import resolve_device, resolve_precision
 from rawdrift.training import train_folds, train_folds_concurrently
 from rawdrift.cli import run
@@ -30,7 +30,7 @@ def main(argv: list[str]) -> str:
     dataset, view = P.check_dataset(argv[0]), argv[1]
     parse_view(view)
     params = P.load_params()
-    cfg = P.train_config(params, dataset, view)
+    cfg = P.train_config(params, dataset, view, task_config)
     concurrent = P.concurrent_folds()
     seed = P.int_param(params, "seed", 0)
     device = resolve_device(P.get(params, "device"))
