@@ -30,9 +30,12 @@ venv: $(STAMP)
 
 # torch/torchvision: the exact builds pinned in requirements.txt; `--only-binary` keeps
 # pip from building anything, the pins keep any resolver from pulling another torch.
-$(STAMP): requirements.txt
+# Then rawdrift itself, editable and `--no-deps`: requirements.txt is the lock, pyproject.toml
+# resolves nothing.
+$(STAMP): requirements.txt pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q --only-binary=torch,torchvision -r requirements.txt
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -e .
 	touch $(STAMP)
 
 # Test-only packages (S3 remote, local S3 server), kept out of the `make repro` venv time.

@@ -251,7 +251,6 @@ def bench_render(device: torch.device, size: int = 256, batch: int = 16, referen
     """View-images/s of the 12 static views: batched torch (float64, as the render stage) on
     ``device`` against the reference ``render_static`` on one CPU core, and the projected
     render time of the paper's tiles (1488 x 12 views) both ways."""
-    import numpy as np
     from rawdrift.camera import CAMERAS
     from rawdrift.isp import VIEWS, render_static
     from rawdrift.isp.batched import render_batch

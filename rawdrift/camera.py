@@ -149,22 +149,36 @@ MICROSCOPY_CAMERA = Camera(
 CAMERAS: dict[str, Camera] = {"drone": DRONE_CAMERA, "microscopy": MICROSCOPY_CAMERA}
 
 
-def check_raw(raw: np.ndarray, where: str = "raw") -> np.ndarray:
-    """Validate a normalised raw mosaic: 2-D float, even sides, finite, inside [0, 1].
-
-    Returns it as float64. ``where`` names the file or array in error messages.
-    """
-    arr = np.asarray(raw)
-    if arr.ndim != 2:
-        raise RawdriftError(f"{where}: expected a 2-D raw mosaic (H, W), got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise RawdriftError(
-            f"{where}: expected float values in [0, 1], got dtype {arr.dtype} (divide uint16 by 65535)")
-    h, w = arr.shape
+def check_mosaic_shape(shape: tuple[int, ...], where: str = "raw") -> None:
+    """The layout rule of an RGGB mosaic (H, W) or a batch of them (..., H, W): both sides even
+    (whole 2x2 :data:`BAYER_SITES` cells) and >= 4. ``where`` starts the error message."""
+    h, w = shape[-2:]
     if h < 4 or w < 4 or h % 2 or w % 2:
         raise RawdriftError(f"{where}: raw sides must be even and >= 4 for an RGGB mosaic, got {h}x{w}")
-    if not np.all(np.isfinite(arr)):
-        raise RawdriftError(f"{where}: contains NaN or inf")
-    if arr.min() < 0 or arr.max() > 1:
-        raise RawdriftError(f"{where}: values must lie in [0, 1], got [{arr.min():.4g}, {arr.max():.4g}]")
-    return arr.astype(np.float64, copy=False)
+
+
+def check_raw(raw, where: str = "raw", batched: bool = False):
+    """Validate normalised raw data, one set of rules for numpy and torch: a mosaic (H, W)
+    (``batched``: a batch (B, H, W)), floating dtype, sides even and >= 4, every value finite
+    and inside [0, 1].
+
+    A numpy mosaic comes back as float64; a torch tensor comes back as it is (the value check
+    is one fused reduction, one host sync on a GPU). ``where`` names the file or array in errors.
+    """
+    is_tensor = hasattr(raw, "is_floating_point") and not isinstance(raw, np.ndarray)
+    arr = raw if is_tensor else np.asarray(raw)
+    ndim = 3 if batched else 2
+    if arr.ndim != ndim:
+        expected = "a batch of raw mosaics (B, H, W)" if batched else "a 2-D raw mosaic (H, W)"
+        raise RawdriftError(f"{where}: expected {expected}, got shape {tuple(arr.shape)}")
+    floating = arr.is_floating_point() if is_tensor else np.issubdtype(arr.dtype, np.floating)
+    if not floating:
+        raise RawdriftError(
+            f"{where}: expected float values in [0, 1], got dtype {arr.dtype} (divide uint16 by 65535)")
+    check_mosaic_shape(tuple(arr.shape), where)
+    if not bool(((arr >= 0) & (arr <= 1)).all()):       # NaN and inf fail both comparisons
+        finite = arr.isfinite() if is_tensor else np.isfinite(arr)
+        if not bool(finite.all()):
+            raise RawdriftError(f"{where}: contains NaN or inf")
+        raise RawdriftError(f"{where}: values must lie in [0, 1], got [{float(arr.min()):.4g}, {float(arr.max()):.4g}]")
+    return arr if is_tensor else arr.astype(np.float64, copy=False)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rawdrift.errors import RawdriftError
+from rawdrift.kernels import gaussian_1d, scipy_radius
 
 #: The corruptions of the paper's comparison, in its order (facts.md).
 CORRUPTIONS: tuple[str, ...] = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "gaussian_blur",
@@ -77,12 +78,10 @@ def _pad_axis(x: torch.Tensor, pad: int, mode: str, dim: int) -> torch.Tensor:
 def gaussian_filter(x: torch.Tensor, sigma: float, mode: str = "edge", truncate: float = 4.0) -> torch.Tensor:
     """Separable Gaussian filter over the last two dims of (B, C, H, W), as scipy.ndimage.gaussian_filter
     (radius ``int(truncate * sigma + 0.5)``; ``mode`` 'edge' = scipy 'nearest', 'symmetric' = 'reflect')."""
-    radius = int(truncate * sigma + 0.5)
+    radius = scipy_radius(sigma, truncate)
     if radius == 0:
         return x
-    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = (k / k.sum()).to(x.dtype).to(x.device)
+    k = gaussian_1d(sigma, radius, torch).to(x.dtype).to(x.device)
     h, w = x.shape[-2:]
     y = _valid_conv(_pad_axis(x.contiguous(), radius, mode, -2), k, -2, h)     # one axis at a time: the
     return _valid_conv(_pad_axis(y, radius, mode, -1), k, -1, w)             # padding stays 1-D

@@ -1,4 +1,4 @@
-"""Errors that reach the user as one clear line (see ``stages/_cli.py``)."""
+"""Errors that reach the user as one clear line (see ``rawdrift/cli.py``)."""
 
 
 class RawdriftError(ValueError):

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from rawdrift.camera import Camera
 from rawdrift.errors import RawdriftError
+from rawdrift.kernels import gaussian_1d
 from rawdrift.isp.constraints import constrain, optimiser_groups
 from rawdrift.isp.differentiable import PARAMETER_GROUPS, ParametrizedISP
 from rawdrift.tasks import METRIC, TaskConfig, in_batches, loss_fn, predict, score
@@ -82,9 +83,7 @@ def l2_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _ssim_window(dtype: torch.dtype, device) -> torch.Tensor:
-    x = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=torch.float64)
-    g = torch.exp(-0.5 * (x / SSIM_SIGMA) ** 2)
-    return (g / g.sum()).to(dtype=dtype, device=device)
+    return gaussian_1d(SSIM_SIGMA, SSIM_RADIUS, torch).to(dtype=dtype, device=device)
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:

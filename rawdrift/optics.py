@@ -11,6 +11,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import signal, special
 
+from rawdrift.camera import BAYER_CHANNELS, BAYER_SITES
+from rawdrift.kernels import gaussian_2d, three_sigma_radius
+
 #: First zero of J1 (the Airy pattern's first dark ring at v = 3.8317).
 AIRY_V0: float = 3.831705970207512
 #: FWHM of the Airy pattern divided by its first-zero radius.
@@ -40,12 +43,9 @@ def airy_kernel(r0: float, rings: float = 2.5, oversample: int = 5) -> np.ndarra
 
 
 def gaussian_kernel(sigma: float) -> np.ndarray:
-    """Normalised 2-D Gaussian kernel, radius 3 sigma (sigma in pixels)."""
-    half = max(1, int(np.ceil(3 * sigma)))
-    x = np.arange(-half, half + 1, dtype=np.float64)
-    g = np.exp(-0.5 * (x / max(sigma, 1e-6)) ** 2)
-    g /= g.sum()
-    return np.outer(g, g)
+    """Normalised 2-D Gaussian kernel, radius ceil(3 sigma) >= 1 (sigma in pixels; a sigma of 0
+    gives a near-delta)."""
+    return gaussian_2d(max(sigma, 1e-6), three_sigma_radius(sigma))
 
 
 def blur(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -70,8 +70,6 @@ def bin_pixels(image: np.ndarray, factor: int) -> np.ndarray:
 def mosaic_rggb(rgb: np.ndarray) -> np.ndarray:
     """Sample a (3, H, W) camera-RGB image through an RGGB colour filter array -> (H, W)."""
     out = np.empty(rgb.shape[1:], dtype=rgb.dtype)
-    out[0::2, 0::2] = rgb[0, 0::2, 0::2]
-    out[0::2, 1::2] = rgb[1, 0::2, 1::2]
-    out[1::2, 0::2] = rgb[1, 1::2, 0::2]
-    out[1::2, 1::2] = rgb[2, 1::2, 1::2]
+    for (r, c), ch in zip(BAYER_SITES, BAYER_CHANNELS):
+        out[r::2, c::2] = rgb[ch, r::2, c::2]
     return out

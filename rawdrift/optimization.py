@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from rawdrift.camera import Camera
+from rawdrift.camera import BAYER_SITES, Camera
 from rawdrift.errors import RawdriftError
 from rawdrift.isp.constraints import constrain, optimiser_groups
 from rawdrift.isp.differentiable import ParametrizedISP, check_raw_batch
@@ -49,7 +49,7 @@ def pack_raw(raw: torch.Tensor) -> torch.Tensor:
     sensor's numbers.
     """
     check_raw_batch(raw)
-    return torch.stack([raw[:, 0::2, 0::2], raw[:, 0::2, 1::2], raw[:, 1::2, 0::2], raw[:, 1::2, 1::2]], dim=1)
+    return torch.stack([raw[:, r::2, c::2] for r, c in BAYER_SITES], dim=1)
 
 
 class PackRaw(nn.Module):

@@ -1,4 +1,10 @@
-"""Reading and validating ``params.yaml``; errors name the param."""
+"""Reading and validating ``params.yaml``; errors name the param.
+
+Every stage imports this module, so it imports nothing of rawdrift but ``errors``: what a
+section is checked against (corruption names, task config builder, ...) is passed in by the
+stage, which imports that module anyway. Otherwise each stage's import closure, and so its
+DVC code deps, would be the whole package (``python -m rawdrift.stage_deps``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Collection
 
 import yaml
 
@@ -127,18 +133,20 @@ def ratios_param(params: dict, dotted: str) -> list[float]:
     return sorted(out)
 
 
-def task_params(params: dict, dataset: str):
-    """``train.<dataset>`` as a TaskConfig, without per-view overrides (drift optimization)."""
-    from rawdrift.tasks import task_config
+def task_params(params: dict, dataset: str, task_config: Callable[[str, dict, str], Any]):
+    """``train.<dataset>`` as a TaskConfig, without per-view overrides (drift optimization).
+
+    ``task_config`` is :func:`rawdrift.tasks.task_config`, passed in by the caller so that
+    reading params does not import the task models (see the module docstring)."""
     base = get(params, f"train.{dataset}")
     if not isinstance(base, dict):
         raise RawdriftError(f"params.yaml: train.{dataset} must be a mapping")
     return task_config(dataset, base, f"train.{dataset}")
 
 
-def train_config(params: dict, dataset: str, view: str):
-    """``train.<dataset>`` with the per-view overrides ``train.views.<dataset>-<view>`` applied."""
-    from rawdrift.tasks import task_config
+def train_config(params: dict, dataset: str, view: str, task_config: Callable[[str, dict, str], Any]):
+    """``train.<dataset>`` with the per-view overrides ``train.views.<dataset>-<view>`` applied,
+    built by ``task_config`` (:func:`rawdrift.tasks.task_config`)."""
     base = get(params, f"train.{dataset}")
     override = get(params, f"train.views.{dataset}-{view}") or {}
     if not isinstance(base, dict) or not isinstance(override, dict):
@@ -147,9 +155,10 @@ def train_config(params: dict, dataset: str, view: str):
     return task_config(dataset, {**base, **override}, where)
 
 
-def corruption_params(params: dict) -> dict:
-    """``corruptions.{names, severities, reference_tile, summary_severity}``, validated."""
-    from rawdrift.corruptions import CORRUPTIONS
+def corruption_params(params: dict, known: Collection[str]) -> dict:
+    """``corruptions.{names, severities, reference_tile, summary_severity}``, validated;
+    ``known``: the corruption names (:data:`rawdrift.corruptions.CORRUPTIONS`)."""
+    CORRUPTIONS = tuple(known)
     names = get(params, "corruptions.names")
     if not isinstance(names, list) or not names:
         raise RawdriftError("params.yaml: corruptions.names must be a non-empty list")
@@ -180,10 +189,11 @@ def _number_list(params: dict, dotted: str) -> list:
     return list(value) if isinstance(value, list) else [value]
 
 
-def forensics_params(params: dict) -> dict:
+def forensics_params(params: dict, searches: Collection[str], regularisers: Collection[str]) -> dict:
     """``forensics.*``: lambda (one value or a list), parameters (searches), epochs, lr,
-    batch_size, search_tiles, regulariser, tolerance; validated, errors name the param."""
-    from rawdrift.forensics import REGULARISERS, SEARCHES
+    batch_size, search_tiles, regulariser, tolerance; validated, errors name the param.
+    ``searches`` / ``regularisers``: :data:`rawdrift.forensics.SEARCHES` / ``REGULARISERS``."""
+    SEARCHES, REGULARISERS = tuple(searches), tuple(regularisers)
     lambdas = _number_list(params, "forensics.lambda")
     if not lambdas:
         raise RawdriftError("params.yaml: forensics.lambda must be a number >= 0 or a non-empty list of them")
@@ -215,10 +225,11 @@ def forensics_params(params: dict) -> dict:
             "regulariser": reg, "tolerance": float(tol)}
 
 
-def optimize_params(params: dict, dataset: str) -> dict:
+def optimize_params(params: dict, dataset: str, modes: Collection[str]) -> dict:
     """``optimize.{modes, intensities, isp_lr}`` and ``optimize.<dataset>.{epochs, eval_every}``,
-    validated; errors name the param. Whether the data holds those exposures is the stage's check."""
-    from rawdrift.optimization import MODES
+    validated; errors name the param. Whether the data holds those exposures is the stage's check.
+    ``modes``: :data:`rawdrift.optimization.MODES`."""
+    MODES = tuple(modes)
     modes = _number_list(params, "optimize.modes")
     for m in modes:
         if m not in MODES:

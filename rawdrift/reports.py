@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from rawdrift.camera import RAW_SCALE
+from rawdrift.io import save_figure
+from rawdrift.isp.static import VIEWS, render_static
+from rawdrift.sources.store import RawDataset, load_view
 
-from rawdrift.camera import RAW_SCALE  # noqa: E402
-from rawdrift.io import save_figure  # noqa: E402
-from rawdrift.isp.static import VIEWS, render_static  # noqa: E402
-from rawdrift.sources.store import RawDataset, load_view  # noqa: E402
+plt.switch_backend("Agg")     # files only, whatever MPLBACKEND or the platform default says
 
 
 def views_figure(ds: RawDataset, views_dir: str | Path, out: str | Path, index: int = 0) -> None:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from rawdrift.camera import RAW_SCALE
+from rawdrift.camera import BAYER_SITES, RAW_SCALE
 from rawdrift.errors import RawdriftError
 
 #: Exposure ratios of the published datasets (fraction of the reference exposure).
@@ -79,7 +79,8 @@ class Sensor:
         if bl.size == 1:
             return np.full(shape[-2:], bl[0])
         out = np.empty(shape[-2:])
-        out[0::2, 0::2], out[0::2, 1::2], out[1::2, 0::2], out[1::2, 1::2] = bl
+        for (r, c), value in zip(BAYER_SITES, bl):
+            out[r::2, c::2] = value
         return out
 
     def to_dict(self) -> dict:

@@ -8,26 +8,23 @@ matrix, identity first) and plots/corruptions/<dataset>.png (one heatmap per sev
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from rawdrift import params as P  # noqa: E402
-from rawdrift.corruptions import corruption_eval  # noqa: E402
-from rawdrift.io import write_json  # noqa: E402
-from rawdrift.reports import corruption_heatmaps  # noqa: E402
-from rawdrift.runtime import resolve_device, resolve_precision  # noqa: E402
-from rawdrift.sources.store import load_raw_dataset, load_targets  # noqa: E402
-from stages._cli import dataset_arg, run  # noqa: E402
+from rawdrift import params as P
+from rawdrift.corruptions import CORRUPTIONS, corruption_eval
+from rawdrift.io import write_json
+from rawdrift.reports import corruption_heatmaps
+from rawdrift.runtime import resolve_device, resolve_precision
+from rawdrift.sources.store import load_raw_dataset, load_targets
+from rawdrift.cli import dataset_arg, run
 
 
 def main(argv: list[str]) -> str:
     dataset = dataset_arg(argv, "corruptions.py")
     params = P.load_params()
-    cp = P.corruption_params(params)
+    cp = P.corruption_params(params, CORRUPTIONS)
     seed = P.int_param(params, "seed", 0)
     device = resolve_device(P.get(params, "device"))
     amp = resolve_precision(P.get(params, "precision"), device)

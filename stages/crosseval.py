@@ -8,20 +8,17 @@ plots/crosseval/<dataset>_worst_pair.png.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from rawdrift import params as P  # noqa: E402
-from rawdrift.crosseval import crosseval, headline, write_matrix_csv  # noqa: E402
-from rawdrift.io import write_json  # noqa: E402
-from rawdrift.reports import crosseval_heatmap, pair_figure  # noqa: E402
-from rawdrift.sources.store import load_raw_dataset, load_targets, load_view  # noqa: E402
-from rawdrift.runtime import resolve_device, resolve_precision  # noqa: E402
-from stages._cli import dataset_arg, run  # noqa: E402
+from rawdrift import params as P
+from rawdrift.io import write_json
+from rawdrift.reports import crosseval_heatmap, pair_figure
+from rawdrift.sources.store import load_raw_dataset, load_targets, load_view
+from rawdrift.runtime import resolve_device, resolve_precision
+from rawdrift.cli import dataset_arg, run
+from rawdrift.crosseval import crosseval, headline, write_matrix_csv
 
 
 def main(argv: list[str]) -> str:

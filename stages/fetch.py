@@ -9,15 +9,12 @@ files run ``dvc repro -f -s fetch@<dataset>``.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from rawdrift import params as P  # noqa: E402
-from rawdrift.errors import RawdriftError  # noqa: E402
-from rawdrift.sources import folder, synthetic, zenodo  # noqa: E402
-from stages._cli import dataset_arg, run  # noqa: E402
+from rawdrift import params as P
+from rawdrift.errors import RawdriftError
+from rawdrift.sources import folder, synthetic, zenodo
+from rawdrift.cli import dataset_arg, run
 
 
 def main(argv: list[str]) -> str:

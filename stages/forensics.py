@@ -11,26 +11,23 @@ l2 vs metric) and plots/forensics/<dataset>_tiles.png (one tile at several lambd
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from rawdrift import params as P  # noqa: E402
-from rawdrift.camera import RAW_SCALE  # noqa: E402
-from rawdrift.forensics import (SearchSettings, forensic_signature, forensics_sweep, lambda_key,  # noqa: E402
+from rawdrift import params as P
+from rawdrift.camera import RAW_SCALE
+from rawdrift.forensics import (REGULARISERS, SEARCHES, SearchSettings, forensic_signature, forensics_sweep, lambda_key,
                                 signature_markdown)
-from rawdrift.headline import ROOT as HEADLINE, forensics_headline  # noqa: E402
-from rawdrift.io import atomic_file, write_json  # noqa: E402
-from rawdrift.isp import ParametrizedISP  # noqa: E402
-from rawdrift.models import check_fold_counts, load_fold_model  # noqa: E402
-from rawdrift.reports import forensics_figure, forensics_tiles  # noqa: E402
-from rawdrift.runtime import resolve_device, resolve_precision  # noqa: E402
-from rawdrift.sources.store import load_raw_dataset, load_targets  # noqa: E402
-from stages._cli import dataset_arg, run  # noqa: E402
+from rawdrift.io import atomic_file, write_json
+from rawdrift.isp import ParametrizedISP
+from rawdrift.models import check_fold_counts, load_fold_model
+from rawdrift.reports import forensics_figure, forensics_tiles
+from rawdrift.runtime import resolve_device, resolve_precision
+from rawdrift.sources.store import load_raw_dataset, load_targets
+from rawdrift.cli import dataset_arg, run
+from rawdrift.headline import ROOT as HEADLINE, forensics_headline
 
 #: The view the searched models were trained on: ParametrizedISP's initial parameters (eq. 6).
 VIEW = "bi_s_ga"
@@ -39,7 +36,7 @@ VIEW = "bi_s_ga"
 def main(argv: list[str]) -> str:
     dataset = dataset_arg(argv, "forensics.py")
     params = P.load_params()
-    fp = P.forensics_params(params)
+    fp = P.forensics_params(params, SEARCHES, REGULARISERS)
     seed = P.int_param(params, "seed", 0)
     device = resolve_device(P.get(params, "device"))
     amp = resolve_precision(P.get(params, "precision"), device)

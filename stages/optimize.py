@@ -15,34 +15,32 @@ every setting in a pool of processes on the same device (same results).
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from rawdrift import params as P  # noqa: E402
-from rawdrift.camera import RAW_SCALE  # noqa: E402
-from rawdrift.errors import RawdriftError  # noqa: E402
-from rawdrift.headline import ROOT as HEADLINE, optimize_headline  # noqa: E402
-from rawdrift.io import atomic_dir, write_json  # noqa: E402
-from rawdrift.isp import ParametrizedISP  # noqa: E402
-from rawdrift.optimization import (curve_rows, isp_export, load_isp, setting_name, summarise,  # noqa: E402
+from rawdrift import params as P
+from rawdrift.camera import RAW_SCALE
+from rawdrift.errors import RawdriftError
+from rawdrift.io import atomic_dir, write_json
+from rawdrift.isp import ParametrizedISP
+from rawdrift.headline import ROOT as HEADLINE, optimize_headline
+from rawdrift.optimization import (MODES, curve_rows, isp_export, load_isp, setting_name, summarise,
                                    train_jointly, train_settings_concurrently, with_epochs)
-from rawdrift.reports import optimization_figure  # noqa: E402
-from rawdrift.runtime import resolve_device, resolve_precision  # noqa: E402
-from rawdrift.sensor import intensity_name  # noqa: E402
-from rawdrift.sources.store import load_raw_dataset, load_targets  # noqa: E402
-from stages._cli import dataset_arg, run  # noqa: E402
+from rawdrift.reports import optimization_figure
+from rawdrift.runtime import resolve_device, resolve_precision
+from rawdrift.sensor import intensity_name
+from rawdrift.sources.store import load_raw_dataset, load_targets
+from rawdrift.tasks import task_config
+from rawdrift.cli import dataset_arg, run
 
 
 def main(argv: list[str]) -> str:
     dataset = dataset_arg(argv, "optimize.py")
     params = P.load_params()
-    op = P.optimize_params(params, dataset)
-    cfg = with_epochs(P.task_params(params, dataset), op["epochs"])
+    op = P.optimize_params(params, dataset, MODES)
+    cfg = with_epochs(P.task_params(params, dataset, task_config), op["epochs"])
     concurrent = P.concurrent_folds()
     seed = P.int_param(params, "seed", 0)
     device = resolve_device(P.get(params, "device"))

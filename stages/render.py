@@ -5,19 +5,16 @@ Usage: python stages/render.py <dataset>
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from rawdrift import params as P  # noqa: E402
-from rawdrift.reports import views_figure  # noqa: E402
-from rawdrift.rendering import render_stack, render_stack_torch  # noqa: E402
-from rawdrift.runtime import resolve_device  # noqa: E402
-from rawdrift.sensor import intensity_name  # noqa: E402
-from rawdrift.sources.store import load_raw_dataset  # noqa: E402
-from stages._cli import dataset_arg, run  # noqa: E402
+from rawdrift import params as P
+from rawdrift.reports import views_figure
+from rawdrift.rendering import render_stack, render_stack_torch
+from rawdrift.runtime import resolve_device
+from rawdrift.sensor import intensity_name
+from rawdrift.sources.store import load_raw_dataset
+from rawdrift.cli import dataset_arg, run
 
 
 def main(argv: list[str]) -> str:

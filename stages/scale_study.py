@@ -12,15 +12,12 @@ the training recipe (``train.<dataset>``), seed and corruptions from the project
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from rawdrift import params as P  # noqa: E402
-from rawdrift.errors import RawdriftError  # noqa: E402
-from rawdrift.io import write_json  # noqa: E402
-from stages._cli import run  # noqa: E402
+from rawdrift import params as P
+from rawdrift.errors import RawdriftError
+from rawdrift.io import write_json
+from rawdrift.cli import run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,8 +46,10 @@ def _run_one(job):
 def main(argv: list[str]) -> str:
     import multiprocessing as mp
 
+    from rawdrift.corruptions import CORRUPTIONS
     from rawdrift.runtime import resolve_device
     from rawdrift.scale_study import scale_figure
+    from rawdrift.tasks import task_config
     if argv:
         raise RawdriftError("usage: python stages/scale_study.py (from studies/scale/)")
     local = P.load_params("params.yaml")
@@ -59,14 +58,14 @@ def main(argv: list[str]) -> str:
         raise RawdriftError("studies/scale/params.yaml: points must be a non-empty mapping of name -> settings")
     root = P.load_params(ROOT / "params.yaml")
     seed = P.int_param(root, "seed", 0)
-    cp = P.corruption_params(root)
+    cp = P.corruption_params(root, CORRUPTIONS)
     severity = P.int_param(local, "study.severity", 1, 5)
     device = resolve_device(P.get(root, "device"))
     jobs = []
     for name in points:
         point = _point(study, points, name)
         point = point.__class__(**{**point.__dict__, "seed": seed})
-        jobs.append((point, P.task_params(root, point.dataset), cp["names"], severity, cp["reference_tile"], device))
+        jobs.append((point, P.task_params(root, point.dataset, task_config), cp["names"], severity, cp["reference_tile"], device))
     workers = max(1, min(len(jobs), P.workers() or mp.cpu_count() or 1))
     if device.type == "cuda":
         workers = 1

@@ -8,22 +8,19 @@ Usage: python stages/summary.py
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from rawdrift import params as P  # noqa: E402
-from rawdrift.corruptions import corrupt, corruption_headline, corruption_seed  # noqa: E402
-from rawdrift.crosseval import headline  # noqa: E402
-from rawdrift.errors import RawdriftError  # noqa: E402
-from rawdrift.headline import ROOT as HEADLINE, summary_headline  # noqa: E402
-from rawdrift.io import read_json, write_json  # noqa: E402
-from rawdrift.reports import comparison_figure, pair_figure  # noqa: E402
-from rawdrift.sources.store import load_raw_dataset, load_view  # noqa: E402
-from stages._cli import run  # noqa: E402
+from rawdrift import params as P
+from rawdrift.corruptions import CORRUPTIONS, corrupt, corruption_headline, corruption_seed
+from rawdrift.crosseval import headline
+from rawdrift.errors import RawdriftError
+from rawdrift.io import read_json, write_json
+from rawdrift.reports import comparison_figure, pair_figure
+from rawdrift.sources.store import load_raw_dataset, load_view
+from rawdrift.cli import run
+from rawdrift.headline import ROOT as HEADLINE, summary_headline
 
 VIEW_TABLES = ("train_view_ranking", "rank_per_test_view", "best_train_view_per_test_view")
 CORRUPTION_TABLES = ("train_view_ranking", "rank_per_column", "best_train_view_per_column")
@@ -49,7 +46,7 @@ def comparison_tiles(dataset: str, head: dict, corr_head: dict, seed: int, refer
 
 def main(argv: list[str]) -> str:
     params = P.load_params()
-    cp = P.corruption_params(params)
+    cp = P.corruption_params(params, CORRUPTIONS)
     seed = P.int_param(params, "seed", 0)
     sev = cp["summary_severity"]
     summary, rankings = {}, {}

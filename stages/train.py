@@ -8,25 +8,22 @@ metrics/headline/train/<dataset>/<view>.json and dvclive curves under plots/trai
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from rawdrift import params as P  # noqa: E402
-from rawdrift.errors import RawdriftError  # noqa: E402
-from rawdrift.headline import ROOT as HEADLINE, train_headline  # noqa: E402
-from rawdrift.io import write_json  # noqa: E402
-from rawdrift.isp import parse_view  # noqa: E402
-from rawdrift.models import save_fold_models  # noqa: E402
-from rawdrift.sources.store import load_raw_dataset, load_targets, load_view  # noqa: E402
-from rawdrift.tasks import METRIC  # noqa: E402
-from rawdrift.runtime import resolve_device, resolve_precision  # noqa: E402
-from rawdrift.training import train_folds, train_folds_concurrently  # noqa: E402
-from stages._cli import run  # noqa: E402
+from rawdrift import params as P
+from rawdrift.errors import RawdriftError
+from rawdrift.io import write_json
+from rawdrift.isp import parse_view
+from rawdrift.models import save_fold_models
+from rawdrift.sources.store import load_raw_dataset, load_targets, load_view
+from rawdrift.tasks import METRIC, task_config
+from rawdrift.runtime import resolve_device, resolve_precision
+from rawdrift.training import train_folds, train_folds_concurrently
+from rawdrift.cli import run
+from rawdrift.headline import ROOT as HEADLINE, train_headline
 
 
 def main(argv: list[str]) -> str:
@@ -35,7 +32,7 @@ def main(argv: list[str]) -> str:
     dataset, view = P.check_dataset(argv[0]), argv[1]
     parse_view(view)
     params = P.load_params()
-    cfg = P.train_config(params, dataset, view)
+    cfg = P.train_config(params, dataset, view, task_config)
     concurrent = P.concurrent_folds()
     seed = P.int_param(params, "seed", 0)
     device = resolve_device(P.get(params, "device"))

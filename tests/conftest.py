@@ -1,20 +1,12 @@
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def mosaic_from_rgb(rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3) camera RGB -> RGGB mosaic (H, W)."""
-    out = np.empty(rgb.shape[:2])
-    out[0::2, 0::2] = rgb[0::2, 0::2, 0]
-    out[0::2, 1::2] = rgb[0::2, 1::2, 1]
-    out[1::2, 0::2] = rgb[1::2, 0::2, 1]
-    out[1::2, 1::2] = rgb[1::2, 1::2, 2]
-    return out
+    from rawdrift.optics import mosaic_rggb
+    return mosaic_rggb(np.moveaxis(np.asarray(rgb, dtype=np.float64), -1, 0))
 
 
 def photo_raw(camera, name: str = "astronaut", crop=(slice(80, 176), slice(140, 236)), scale: float = 0.8):

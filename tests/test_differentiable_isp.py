@@ -89,7 +89,8 @@ def test_parameters_round_trip_through_dict(camera):
 
 
 @pytest.mark.parametrize("bad, msg", [
-    (torch.zeros(8, 8), r"\(B, H, W\)"), (torch.zeros(1, 7, 8), "even"), (torch.zeros(1, 8, 8, dtype=torch.int32), "floating")])
+    (torch.zeros(8, 8), r"\(B, H, W\)"), (torch.zeros(1, 7, 8), "even"),
+    (torch.zeros(1, 8, 8, dtype=torch.int32), "expected float values")])
 def test_bad_input_is_rejected(bad, msg):
     with pytest.raises(RawdriftError, match=msg):
         ParametrizedISP(CAMERAS["drone"])(bad)

@@ -8,7 +8,8 @@ from torch import nn
 from conftest import photo_raw
 from rawdrift.camera import CAMERAS
 from rawdrift.errors import RawdriftError
-from rawdrift.forensics import (SearchSettings, adversarial_search, adversarial_searches, describe_change, forensic_signature,
+from rawdrift.forensics import (REGULARISERS, SEARCHES, SearchSettings, adversarial_search,
+                                adversarial_searches, describe_change, forensic_signature,
                                 forensics_sweep, lambda_key, signature_markdown, ssim)
 from rawdrift.isp import PARAMETER_GROUPS, ParametrizedISP
 from rawdrift.isp.constraints import FixedSum, Positive, SignedPositive, SoftClamp, constrain, free_parameters
@@ -222,6 +223,10 @@ def test_describe_change_speaks_in_the_groups_terms():
     assert "more smoothing" in describe_change("denoising", k, k - np.eye(5)[2:3].T @ np.eye(5)[2:3] * 0.1)
 
 
+def check_forensics(params: dict) -> dict:
+    return forensics_params(params, SEARCHES, REGULARISERS)
+
+
 @pytest.mark.parametrize("patch, msg", [
     ({"lambda": -1e-3}, "forensics.lambda values must be finite numbers >= 0"),
     ({"lambda": [1e-3, "big"]}, "forensics.lambda values"),
@@ -233,10 +238,10 @@ def test_describe_change_speaks_in_the_groups_terms():
 def test_forensics_params_reject_out_of_range_values(patch, msg):
     base = {"lambda": [1.0, 1e-3], "parameters": ["all", "gamma"], "epochs": 20, "lr": 0.01, "batch_size": 16,
             "search_tiles": 0, "regulariser": "l2", "tolerance": 0.05}
-    assert forensics_params({"forensics": base})["lambdas"] == [1.0, 1e-3]
-    assert forensics_params({"forensics": {**base, "lambda": 1e-3}})["lambdas"] == [1e-3]   # -S forensics.lambda=1e-3
+    assert check_forensics({"forensics": base})["lambdas"] == [1.0, 1e-3]
+    assert check_forensics({"forensics": {**base, "lambda": 1e-3}})["lambdas"] == [1e-3]   # -S forensics.lambda=1e-3
     with pytest.raises(RawdriftError, match=msg):
-        forensics_params({"forensics": {**base, **patch}})
+        check_forensics({"forensics": {**base, **patch}})
 
 
 def test_searches_stepped_together_equal_searches_run_alone():

@@ -8,7 +8,7 @@ from conftest import mosaic_from_rgb, photo_raw
 from rawdrift.camera import CAMERAS
 from rawdrift.errors import RawdriftError
 from rawdrift.isp import PARAMETER_GROUPS, ParametrizedISP
-from rawdrift.optimization import (JointFold, curve_rows, isp_export, load_isp, make_front, pack_raw, setting_name,
+from rawdrift.optimization import (MODES, JointFold, curve_rows, isp_export, load_isp, make_front, pack_raw, setting_name,
                                    summarise, train_jointly, train_settings_concurrently)
 from rawdrift.params import optimize_params
 from rawdrift.tasks import TaskConfig
@@ -171,7 +171,7 @@ def test_learned_isp_export_reads_back(toy):
 def test_optimize_params_errors_name_the_param(patch, msg):
     base = {"modes": ["learned", "frozen", "raw"], "intensities": [0.01, 1.0], "isp_lr": 0.01,
             "microscopy": {"epochs": 2, "eval_every": 1}}
-    assert optimize_params({"optimize": base}, "microscopy")["intensities"] == [0.01, 1.0]
+    assert optimize_params({"optimize": base}, "microscopy", MODES)["intensities"] == [0.01, 1.0]
     with pytest.raises(RawdriftError) as e:
-        optimize_params({"optimize": {**base, **patch}}, "microscopy")
+        optimize_params({"optimize": {**base, **patch}}, "microscopy", MODES)
     assert msg in str(e.value)

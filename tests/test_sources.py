@@ -113,7 +113,7 @@ def test_own_layout_with_labels_csv_and_camera_json(tmp_path):
 
 @pytest.mark.parametrize("break_it, msg", [
     (lambda p: tifffile.imwrite(p / "raw_scale100/cell0.tif", np.zeros((20, 19), np.uint16)),
-     "cell0.tif: sides must be even"),
+     "cell0.tif: raw sides must be even"),
     (lambda p: tifffile.imwrite(p / "raw_scale100/cell1.tif", np.full((20, 20), np.nan, np.float32)),
      "cell1.tif: contains NaN or inf"),
     (lambda p: tifffile.imwrite(p / "raw_scale100/cell2.tif", np.zeros((20, 20), np.uint8)),

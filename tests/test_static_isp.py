@@ -18,8 +18,7 @@ def reference_view(raw, camera, view):
     """Written from facts.md alone (not from rawdrift), as a check of order and conventions."""
     dm, sh, dn = view.split("_")
     x = raw.astype(np.float64).copy()
-    bl = camera.black_level
-    x[0::2, 0::2] -= bl[0]; x[0::2, 1::2] -= bl[1]; x[1::2, 0::2] -= bl[2]; x[1::2, 1::2] -= bl[3]
+    x -= camera.black_level_map(*x.shape)
     f = {"bi": cd.demosaicing_CFA_Bayer_bilinear, "ma": cd.demosaicing_CFA_Bayer_Malvar2004,
          "me": cd.demosaicing_CFA_Bayer_Menon2007}[dm]
     rgb = f(x, "RGGB")
@@ -82,3 +81,29 @@ def test_bad_raw_is_rejected(bad, msg):
 def test_unknown_view_is_rejected():
     with pytest.raises(RawdriftError, match="unknown view 'bi_x_ga'"):
         render_static(np.zeros((8, 8)), CAMERAS["drone"], "bi_x_ga")
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (np.zeros((1, 5, 8)), "even"),
+    (np.full((1, 8, 8), np.nan), "NaN or inf"),
+    (np.full((1, 8, 8), -np.inf), "NaN or inf"),
+    (np.full((1, 8, 8), 1.5), r"\[0, 1\]"),
+    (np.zeros((8, 8)), r"\(B, H, W\)"),
+])
+def test_one_raw_check_for_numpy_torch_and_batched_paths(bad, msg):
+    """render_static, ParametrizedISP and render_batch reject the same input with the same rule
+    (rawdrift.camera.check_raw); the torch paths used to let NaN and out-of-range values through."""
+    import torch
+
+    from rawdrift.isp import ParametrizedISP
+    from rawdrift.isp.batched import render_batch
+    from rawdrift.optimization import pack_raw
+    cam = CAMERAS["drone"]
+    t = torch.from_numpy(bad)
+    for call in (lambda: ParametrizedISP(cam).double()(t), lambda: render_batch(t, cam, "bi_s_ga"),
+                 lambda: pack_raw(t)):
+        with pytest.raises(RawdriftError, match=msg):
+            call()
+    if bad.ndim == 3:
+        with pytest.raises(RawdriftError, match=msg):
+            render_static(bad[0], cam, "bi_s_ga")

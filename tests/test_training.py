@@ -14,6 +14,11 @@ from rawdrift.tasks import TaskModel, predict, score, task_config
 from rawdrift.runtime import native_bf16, resolve_precision
 from rawdrift.training import dihedral_augment, train_folds
 
+
+def train_config_(params: dict, dataset: str, view: str):
+    return train_config(params, dataset, view, task_config)
+
+
 SEG = dict(arch="unetplusplus", encoder="mobilenet_v2", encoder_depth=3, decoder_channels=[16, 8, 4],
            epochs=12, batch_size=8, lr=3e-3, schedule="cosine", loss="dice_bce")
 
@@ -183,9 +188,13 @@ def test_corruption_eval_schema_identity_and_headline(three_view_models):
 
 
 def test_corruption_params():
+    from rawdrift.corruptions import CORRUPTIONS
     from rawdrift.params import corruption_params
+
+    def corruption_params_(p: dict) -> dict:
+        return corruption_params(p, CORRUPTIONS)
     good = {"names": ["contrast"], "severities": [3, 1], "summary_severity": 3, "reference_tile": 256}
-    assert corruption_params({"corruptions": good})["severities"] == [1, 3]
+    assert corruption_params_({"corruptions": good})["severities"] == [1, 3]
     for patch, msg in [({"names": ["fog"]}, "unknown corruption 'fog'"),
                        ({"severities": [0, 3]}, "integers in 1..5, got 0"),
                        ({"severities": [3, 6]}, "integers in 1..5, got 6"),
@@ -193,7 +202,7 @@ def test_corruption_params():
                        ({"names": []}, "corruptions.names must be a non-empty list"),
                        ({"reference_tile": 0}, "corruptions.reference_tile")]:
         with pytest.raises(RawdriftError, match=msg):
-            corruption_params({"corruptions": {**good, **patch}})
+            corruption_params_({"corruptions": {**good, **patch}})
 
 
 @pytest.mark.parametrize("values, msg", [
@@ -207,11 +216,11 @@ def test_bad_train_params(values, msg):
 def test_per_view_override_merges_over_dataset_defaults():
     params = {"train": {"microscopy": {"epochs": 3, "lr": 0.01},
                         "views": {"microscopy-bi_s_ga": {"epochs": 7}, "microscopy-bi_s_me": {}}}}
-    assert train_config(params, "microscopy", "bi_s_ga").epochs == 7
-    assert train_config(params, "microscopy", "bi_s_ga").lr == 0.01
-    assert train_config(params, "microscopy", "bi_s_me").epochs == 3
+    assert train_config_(params, "microscopy", "bi_s_ga").epochs == 7
+    assert train_config_(params, "microscopy", "bi_s_ga").lr == 0.01
+    assert train_config_(params, "microscopy", "bi_s_me").epochs == 3
     with pytest.raises(RawdriftError, match="missing param train.views.microscopy-me_u_ga"):
-        train_config(params, "microscopy", "me_u_ga")
+        train_config_(params, "microscopy", "me_u_ga")
 
 
 def test_model_accepts_isp_output():

@@ -30,8 +30,9 @@ from skimage.color.colorconv import rgb_from_yuv, yuv_from_rgb
 from torch import nn
 from torch.nn.utils import parametrize
 
-from rawdrift.camera import Camera
+from rawdrift.camera import BAYER_CHANNELS, BAYER_SITES, Camera, check_raw
 from rawdrift.errors import RawdriftError
+from rawdrift.kernels import gaussian_2d, scipy_radius
 from rawdrift.isp.static import GAMMA, GAUSSIAN_SIGMA, K_SHARP
 
 #: Bilinear demosaicing kernels (R, G, B) for the zero-filled per-channel mosaic.
@@ -51,11 +52,7 @@ def gaussian_kernel_2d(sigma: float = GAUSSIAN_SIGMA, truncate: float = 4.0) -> 
 
     Returns an odd square array with radius ``int(truncate * sigma + 0.5)`` summing to 1.
     """
-    radius = int(truncate * float(sigma) + 0.5)
-    x = np.arange(-radius, radius + 1, dtype=np.float64)
-    k = np.exp(-0.5 * (x / sigma) ** 2)
-    k /= k.sum()
-    return np.outer(k, k)
+    return gaussian_2d(sigma, scipy_radius(sigma, truncate))
 
 
 def pad_symmetric(x: torch.Tensor, pad: int) -> torch.Tensor:
@@ -135,10 +132,8 @@ def black_level_correct(raw: torch.Tensor, black_level: torch.Tensor) -> torch.T
 def bayer_masks(h: int, w: int, device=None, dtype=None) -> torch.Tensor:
     """RGGB masks (3, H, W): 1 where the mosaic samples R, G, B respectively."""
     m = torch.zeros(3, h, w, device=device, dtype=dtype)
-    m[0, 0::2, 0::2] = 1
-    m[1, 0::2, 1::2] = 1
-    m[1, 1::2, 0::2] = 1
-    m[2, 1::2, 1::2] = 1
+    for (r, c), ch in zip(BAYER_SITES, BAYER_CHANNELS):
+        m[ch, r::2, c::2] = 1
     return m
 
 
@@ -184,16 +179,11 @@ def process(raw: torch.Tensor, black_level: torch.Tensor, demosaic: torch.Tensor
 
 
 def check_raw_batch(raw: torch.Tensor) -> None:
-    """Boundary checks for :func:`process`: (B, H, W), floating, even sides, finite."""
+    """Boundary checks for :func:`process`: a torch (B, H, W) batch under the rules of
+    :func:`rawdrift.camera.check_raw` (floating, even sides, finite, inside [0, 1])."""
     if not isinstance(raw, torch.Tensor):
         raise RawdriftError(f"raw: expected a torch.Tensor, got {type(raw).__name__}")
-    if raw.ndim != 3:
-        raise RawdriftError(f"raw: expected shape (B, H, W), got {tuple(raw.shape)}")
-    if not raw.is_floating_point():
-        raise RawdriftError(f"raw: expected a floating tensor in [0, 1], got {raw.dtype}")
-    h, w = raw.shape[-2:]
-    if h < 4 or w < 4 or h % 2 or w % 2:
-        raise RawdriftError(f"raw: sides must be even and >= 4 for an RGGB mosaic, got {h}x{w}")
+    check_raw(raw, "raw", batched=True)
 
 
 class ParametrizedISP(nn.Module):

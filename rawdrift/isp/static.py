@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
-from rawdrift.camera import Camera, check_raw
+from rawdrift.camera import BAYER_SITES, Camera, check_raw
 from rawdrift.errors import RawdriftError
 
 #: The 12 views in the paper's order: demosaic _ sharpen _ denoise.
@@ -38,10 +38,8 @@ def subtract_black_level(raw: np.ndarray, black_level) -> np.ndarray:
     """Phi_BL (eq. 10): subtract the per-site black level from an RGGB mosaic (H, W)."""
     out = np.array(raw, dtype=np.float64, copy=True)
     bl = np.asarray(black_level, dtype=np.float64).reshape(4)
-    out[0::2, 0::2] -= bl[0]
-    out[0::2, 1::2] -= bl[1]
-    out[1::2, 0::2] -= bl[2]
-    out[1::2, 1::2] -= bl[3]
+    for (r, c), value in zip(BAYER_SITES, bl):
+        out[r::2, c::2] -= value
     return out
 
 

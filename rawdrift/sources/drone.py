@@ -181,7 +181,7 @@ def scene(rng: np.random.Generator, n: int):
     # shadows: each object's footprint displaced away from the sun by h / tan(elevation)
     shadow = np.zeros((n, n))
     for sdf_fn, h in height_objects:
-        dy, dx = sdf_dir = sdir * h
+        dy, dx = sdir * h
         shadow = np.maximum(shadow, S.coverage(sdf_fn(y - dy, x - dx), 2 * edge))
     sun_ground = 1 - shadow
     # composite: ground, cars, roofs and canopies on top (self-shading by facet for roofs)

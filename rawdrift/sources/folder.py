@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rawdrift.camera import CAMERAS, RAW_SCALE, Camera
+from rawdrift.camera import CAMERAS, RAW_SCALE, Camera, check_mosaic_shape
 from rawdrift.errors import RawdriftError
 from rawdrift.io import atomic_dir
 from rawdrift.sources.store import write_raw_dataset
@@ -149,9 +149,7 @@ def _check_raw(arr: np.ndarray, path: Path) -> np.ndarray:
         raise RawdriftError(f"{path}: wrong bit depth: expected 16-bit unsigned integers, got {arr.dtype}")
     if arr.ndim != 2:
         raise RawdriftError(f"{path}: expected one 2-D Bayer mosaic, got shape {arr.shape}")
-    h, w = arr.shape
-    if h % 2 or w % 2 or h < 4 or w < 4:
-        raise RawdriftError(f"{path}: sides must be even and >= 4 for an RGGB mosaic, got {h}x{w}")
+    check_mosaic_shape(arr.shape, str(path))
     return arr
 
 
