@@ -7,6 +7,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+FANOUT_STAMP := $(VENV)/.installed-fanout
+# `make fanout`: the train matrix fanned out with Ray (docs/fanout.md), then the rest of the DAG.
+FANOUT_ARGS ?= --engine ray 'train@*'
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 # The paper protocol (256 px tiles, 940 / 548 images, 5 splits): `make repro-paper`.
@@ -23,7 +26,7 @@ PAPER_SETS := -S data.microscopy.count=940 -S data.microscopy.tile=256 \
               -S forensics.search_tiles=0 -S forensics.batch_size=16 \
               -S "forensics.lambda=[100000.0,10000.0,1000.0,100.0,10.0,1.0]"
 
-.PHONY: venv repro repro-paper test test-all bench clean-venv
+.PHONY: venv repro repro-paper fanout test test-all bench clean-venv
 
 venv: $(STAMP)
 
@@ -37,14 +40,24 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -e .
 	touch $(STAMP)
 
-# Test-only packages (S3 remote, local S3 server), kept out of the `make repro` venv time.
-$(TEST_STAMP): requirements-test.txt requirements-remote.txt $(STAMP)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -c requirements.txt -r requirements-test.txt
-	touch $(TEST_STAMP)
+# Test-only packages (S3 remote, local S3 server, Ray and submitit for the fan-out tests),
+# kept out of the `make repro` venv time.
+$(TEST_STAMP): requirements-test.txt requirements-remote.txt requirements-fanout.txt $(STAMP)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -c requirements.txt -r requirements-test.txt -r requirements-fanout.txt
+	touch $(TEST_STAMP) $(FANOUT_STAMP)
+
+# Ray and submitit only (`make fanout`).
+$(FANOUT_STAMP): requirements-fanout.txt $(STAMP)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -c requirements.txt -r requirements-fanout.txt
+	touch $(FANOUT_STAMP)
 
 repro: $(STAMP)
 	test -d .dvc || $(BIN)/dvc init -q
 	$(BIN)/dvc repro
+
+fanout: $(FANOUT_STAMP)
+	test -d .dvc || $(BIN)/dvc init -q
+	$(BIN)/python -m rawdrift.fanout $(FANOUT_ARGS)
 
 repro-paper: $(STAMP)
 	$(BIN)/dvc exp run $(PAPER_SETS)
