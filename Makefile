@@ -8,6 +8,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+FANOUT_STAMP := $(VENV)/.installed-fanout
+# `make fanout`: the train matrix fanned out with Ray (docs/fanout.md), then the rest of the DAG.
+FANOUT_ARGS ?= --engine ray 'train@*'
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 # The paper protocol (256 px tiles, 940 / 548 images, 5 splits): `make repro-paper`.
@@ -24,7 +27,7 @@ PAPER_SETS := -S data.microscopy.count=940 -S data.microscopy.tile=256 \
               -S forensics.search_tiles=0 -S forensics.batch_size=16 \
               -S "forensics.lambda=[100000.0,10000.0,1000.0,100.0,10.0,1.0]"
 
-.PHONY: venv repro repro-paper scale-study demo test test-all bench clean-venv
+.PHONY: venv repro repro-paper scale-study demo fanout test test-all bench clean-venv
 
 venv: $(STAMP)
 
@@ -38,10 +41,16 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -e .
 	touch $(STAMP)
 
-# Test-only packages (S3 remote, local S3 server), kept out of the `make repro` venv time.
+# Test-only packages (S3 remote, local S3 server),
+# kept out of the `make repro` venv time.
 $(TEST_STAMP): requirements-test.txt requirements-remote.txt $(STAMP)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -c requirements.txt -r requirements-test.txt
 	touch $(TEST_STAMP)
+
+# Ray and submitit only (`make fanout`).
+$(FANOUT_STAMP): requirements-fanout.txt $(STAMP)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -c requirements.txt -r requirements-fanout.txt
+	touch $(FANOUT_STAMP)
 
 repro: $(STAMP)
 	test -d .dvc || $(BIN)/dvc init -q
@@ -51,6 +60,10 @@ repro: $(STAMP)
 # or DIR=path); prints where every artifact is. Your workspace and DVC cache are not touched.
 demo: $(STAMP)
 	$(BIN)/python -m rawdrift.demo $(if $(DIR),--keep $(DIR))
+
+fanout: $(FANOUT_STAMP)
+	test -d .dvc || $(BIN)/dvc init -q
+	$(BIN)/python -m rawdrift.fanout $(FANOUT_ARGS)
 
 repro-paper: $(STAMP)
 	$(BIN)/dvc exp run $(PAPER_SETS)
@@ -62,7 +75,7 @@ scale-study: $(STAMP)
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-test-all: $(TEST_STAMP)
+test-all: $(TEST_STAMP) $(FANOUT_STAMP)
 	$(BIN)/python -m pytest -q
 
 # Training throughput vs the model-only ceiling on this machine's device -> bench/<device>.json
