@@ -52,7 +52,8 @@ PROFILE = {
 }
 
 #: What the demo does not copy: the committed results (it makes its own), tests and benchmarks.
-SKIP = ("metrics/", "plots/", "tests/", "bench/", ".ci/", ".dvc/", "dvc.lock", "params.yaml")
+SKIP = ("metrics/", "plots/", "tests/", "bench/", ".ci/", ".dvc/", "dvc.lock", "params.yaml",
+        "studies/")      # the studies are their own pipelines, not part of the DAG the demo shows
 
 
 def profile(source: Path = SOURCE) -> dict:
