@@ -97,15 +97,19 @@ def render_views(raw: np.ndarray, camera, views) -> dict[str, torch.Tensor]:
     return out
 
 
+def held_out_folds(folds: np.ndarray, targets: torch.Tensor, device: torch.device):
+    """Per test fold k: (k, tile indices (n,), their targets on ``device``)."""
+    for k in range(int(folds.max()) + 1):
+        idx = torch.from_numpy(np.flatnonzero(folds == k))
+        yield k, idx, targets[idx].to(device)
+
+
 def view_matrix(models: dict[str, list], views: dict[str, torch.Tensor], targets: torch.Tensor,
                 folds: np.ndarray, task: str, device: torch.device) -> np.ndarray:
     """(k, V, V) scores: fold k's model of train view i on fold k's held-out tiles in view j."""
     names = list(views)
-    k_folds = int(folds.max()) + 1
-    out = np.zeros((k_folds, len(names), len(names)))
-    for k in range(k_folds):
-        idx = torch.from_numpy(np.flatnonzero(folds == k))
-        y = targets[idx].to(device)
+    out = np.zeros((int(folds.max()) + 1, len(names), len(names)))
+    for k, idx, y in held_out_folds(folds, targets, device):
         for i, a in enumerate(names):
             for j, b in enumerate(names):
                 out[k, i, j] = score(task, predict(models[a][k], views[b][idx].to(device), 64), y)
@@ -117,11 +121,8 @@ def corruption_matrix(models: dict[str, list], views: dict[str, torch.Tensor], t
                       seed: int, scale: float) -> np.ndarray:
     """(k, V, C) scores of each view's fold models on their own held-out tiles, corrupted."""
     names = list(views)
-    k_folds = int(folds.max()) + 1
-    out = np.zeros((k_folds, len(names), len(corruptions)))
-    for k in range(k_folds):
-        idx = torch.from_numpy(np.flatnonzero(folds == k))
-        y = targets[idx].to(device)
+    out = np.zeros((int(folds.max()) + 1, len(names), len(corruptions)))
+    for k, idx, y in held_out_folds(folds, targets, device):
         for i, v in enumerate(names):
             held = views[v][idx].to(device)
             for c, name in enumerate(corruptions):
@@ -171,7 +172,8 @@ def run_point(point: StudyPoint, cfg: TaskConfig, corruptions, severity: int = 3
     matrix = view_matrix(models, views, targets, folds, cfg.task, device)
     corrupted = corruption_matrix(models, views, targets, folds, cfg.task, device, corruptions, severity,
                                   point.seed, point.tile / reference_tile)
-    pitch = {"microscopy": 41.6 / point.tile, "drone": 15.36 / point.tile}[point.dataset]
+    from rawdrift.sources import drone, microscopy
+    pitch = (microscopy.FIELD_UM if point.dataset == "microscopy" else drone.FIELD_M) / point.tile
     return {"name": point.name(), "dataset": point.dataset, "tile": point.tile, "label": point.label,
             "ablation": bool(point.task) or point.optics != "matched", "pixel": pitch, "optics": point.optics, "count": point.count, "folds": point.folds,
             "epochs": cfg.epochs, "views": list(views), "task": point.task,

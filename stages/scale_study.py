@@ -12,6 +12,7 @@ the training recipe (``train.<dataset>``), seed and corruptions from the project
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from rawdrift import params as P
@@ -39,7 +40,6 @@ def _run_one(job):
     import torch
     from rawdrift.scale_study import run_point
     torch.set_num_threads(1)
-    torch.manual_seed(point.seed)
     return run_point(point, cfg, names, severity=severity, reference_tile=reference_tile, device=device, workers=1)
 
 
@@ -64,7 +64,7 @@ def main(argv: list[str]) -> str:
     jobs = []
     for name in points:
         point = _point(study, points, name)
-        point = point.__class__(**{**point.__dict__, "seed": seed})
+        point = dataclasses.replace(point, seed=seed)
         jobs.append((point, P.task_params(root, point.dataset, task_config), cp["names"], severity, cp["reference_tile"], device))
     workers = max(1, min(len(jobs), P.workers() or mp.cpu_count() or 1))
     if device.type == "cuda":
