@@ -17,6 +17,7 @@ numbers for those views.
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -32,8 +33,9 @@ from rawdrift.sources.store import load_raw_dataset, load_targets, view_to_uint1
 from rawdrift.tasks import TaskConfig, predict, score
 from rawdrift.training import train_folds
 
-#: Views that span the extremes of the default 12 x 12 matrix (smooth vs sharpened, three demosaics).
-STUDY_VIEWS: tuple[str, ...] = ("bi_s_ga", "ma_u_me", "me_s_me", "bi_u_ga")
+#: Views that span the extremes of the default 12 x 12 matrix (smooth vs sharpened, three demosaics;
+#: ``ma_s_ga`` is its outlier row and column).
+STUDY_VIEWS: tuple[str, ...] = ("bi_s_ga", "ma_s_ga", "ma_u_me", "me_s_me", "bi_u_ga")
 
 #: The study's own figures (facts.md, section 5.1): diagonal, off-diagonal, corruption drop at severity 3.
 PAPER = {
@@ -97,6 +99,48 @@ def render_views(raw: np.ndarray, camera, views) -> dict[str, torch.Tensor]:
     return out
 
 
+#: Pixels cut from each side before :func:`nyquist_amplitude` (demosaic and filter borders).
+NYQUIST_BORDER: int = 4
+
+
+def _second_difference(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x[i] / 2 - (x[i-1] + x[i+1]) / 4`` along ``dim`` (one sample shorter at each end): keeps a
+    2-pixel alternation at its amplitude and removes constants and ramps."""
+    n = x.shape[dim]
+    return 0.5 * x.narrow(dim, 1, n - 2) - 0.25 * (x.narrow(dim, 0, n - 2) + x.narrow(dim, 2, n - 2))
+
+
+def _alternation(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Projection of (..., H, W) on the pattern that alternates along ``dims``: (...,)."""
+    sign = torch.ones(x.shape[-2:], dtype=x.dtype)
+    for d in dims:
+        n = x.shape[d]
+        s = 1.0 - 2.0 * (torch.arange(n, dtype=x.dtype) % 2)
+        sign = sign * (s[:, None] if d == -2 else s[None, :])
+    return (x * sign).mean(dim=(-2, -1))
+
+
+def nyquist_amplitude(images: torch.Tensor, border: int = NYQUIST_BORDER) -> float:
+    """Amplitude of the 2-pixel periodic pattern of rendered views (a demosaicing fingerprint).
+
+    For each tile and channel (border cut) the image is high-passed by the second difference
+    along the axes a pattern alternates on, then projected on the three patterns of the Nyquist
+    frequency, ``(-1)**(y+x)``, ``(-1)**x`` and ``(-1)**y``; the amplitude is the root sum of
+    squares of the three projections, averaged over tiles and channels. A pattern
+    ``a * (-1)**(y+x)`` added to a smooth image gives ``a``; smooth content gives about 0.
+
+    images: (N, C, H, W) in [0, 1]; returns a float in the images' units (0..1).
+    """
+    if images.ndim != 4 or min(images.shape[-2:]) <= 2 * border + 2:
+        raise RawdriftError(f"nyquist_amplitude: expected (N, C, H, W) larger than the {border}-px border, "
+                            f"got {tuple(images.shape)}")
+    x = images[..., border:images.shape[-2] - border, border:images.shape[-1] - border].double()
+    proj = [_alternation(_second_difference(_second_difference(x, -1), -2), (-2, -1)),
+            _alternation(_second_difference(x, -1), (-1,)),
+            _alternation(_second_difference(x, -2), (-2,))]
+    return float(torch.stack(proj).pow(2).sum(0).sqrt().mean())
+
+
 def held_out_folds(folds: np.ndarray, targets: torch.Tensor, device: torch.device):
     """Per test fold k: (k, tile indices (n,), their targets on ``device``)."""
     for k in range(int(folds.max()) + 1):
@@ -151,6 +195,7 @@ def run_point(point: StudyPoint, cfg: TaskConfig, corruptions, severity: int = 3
               device: torch.device | None = None, workers: int = 0, progress: bool = False) -> dict:
     """Generate, render, train and evaluate one study point; returns its figures and matrices."""
     device = device or torch.device("cpu")
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rawdrift-scale-") as tmp:
         raw_dir = Path(tmp) / point.dataset
         synthetic.generate(point.dataset, raw_dir, count=point.count, tile=point.tile, folds=point.folds,
@@ -179,7 +224,9 @@ def run_point(point: StudyPoint, cfg: TaskConfig, corruptions, severity: int = 3
             "epochs": cfg.epochs, "views": list(views), "task": point.task,
             **summarise(matrix, corrupted),
             "matrix": matrix.mean(0).tolist(), "corruption_scores": corrupted.mean((0, 1)).tolist(),
-            "corruptions": list(corruptions), "severity": severity}
+            "corruptions": list(corruptions), "severity": severity,
+            "nyquist": {v: nyquist_amplitude(x) for v, x in views.items()},
+            "seconds": round(time.perf_counter() - started, 1)}
 
 
 def scale_figure(results: list[dict], out) -> None:

@@ -43,8 +43,23 @@ def test_tiny_point_end_to_end(tmp_path):
     assert r["drop"] == pytest.approx(r["diagonal"] - r["off_diagonal"])
     assert 0 <= m.min() and m.max() <= 1 and len(r["corruption_scores"]) == 2
     assert r["pixel"] == pytest.approx(41.6 / 32) and not r["ablation"]
+    assert set(r["nyquist"]) == {"bi_s_ga", "me_s_me"} and all(0 <= a < 0.1 for a in r["nyquist"].values())
+    assert r["seconds"] > 0
     # the same point again gives the same numbers (seeded generator, training and corruption noise)
     again = run_point(point, cfg, ["gaussian_noise", "contrast"], device=torch.device("cpu"), workers=1)
     assert again["matrix"] == r["matrix"] and again["corruption_scores"] == r["corruption_scores"]
     scale_figure([r, {**r, "tile": 64, "pixel": 0.65, "label": "x", "ablation": True}], tmp_path / "s.png")
     assert (tmp_path / "s.png").stat().st_size > 10_000
+
+
+def test_nyquist_amplitude_measures_the_two_pixel_pattern():
+    from rawdrift.scale_study import nyquist_amplitude
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    smooth = (0.5 + 0.2 * torch.sin(yy / 9) * torch.cos(xx / 7)).expand(2, 3, 32, 32)
+    assert nyquist_amplitude(smooth) < 1e-3
+    for pattern in ((-1.0) ** (yy + xx), (-1.0) ** xx, (-1.0) ** yy):
+        assert abs(nyquist_amplitude(smooth + 0.01 * pattern) - 0.01) < 1e-3
+    both = smooth + 0.03 * (-1.0) ** xx + 0.04 * (-1.0) ** yy
+    assert abs(nyquist_amplitude(both) - 0.05) < 1e-3          # root sum of squares
+    with pytest.raises(RawdriftError, match="nyquist_amplitude"):
+        nyquist_amplitude(torch.zeros(1, 3, 8, 8))
