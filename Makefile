@@ -2,6 +2,7 @@
 #   make repro   venv + the whole DVC pipeline on the embedded synthetic data (default profile)
 #   make test    venv + the test suite
 #   make demo    venv + the whole DAG at the tests' tiny profile in a scratch workspace
+#   make gpu-check  on a CUDA machine: CUDA tests + tiny DAG on cuda + bench, under bench/
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -27,7 +28,7 @@ PAPER_SETS := -S data.microscopy.count=940 -S data.microscopy.tile=256 \
               -S forensics.search_tiles=0 -S forensics.batch_size=16 \
               -S "forensics.lambda=[100000.0,10000.0,1000.0,100.0,10.0,1.0]"
 
-.PHONY: venv repro repro-paper scale-study demo fanout test test-all bench clean-venv
+.PHONY: venv repro repro-paper scale-study demo fanout test test-all bench gpu-check clean-venv
 
 venv: $(STAMP)
 
@@ -81,6 +82,13 @@ test-all: $(TEST_STAMP) $(FANOUT_STAMP)
 # Training throughput vs the model-only ceiling on this machine's device -> bench/<device>.json
 bench: $(STAMP)
 	$(BIN)/python -m rawdrift.bench
+
+# On a CUDA machine: the CUDA tests, the tiny DAG with device=cuda, and the benchmark
+# (bench/cuda.json), all under bench/ within 10 minutes (docs/performance.md). No venv
+# prerequisite: the GPU machine reaches no registry, so this runs the venv's python when there
+# is one and $(PYTHON) (with the wheels of docs/performance.md) otherwise.
+gpu-check:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -m rawdrift.gpucheck
 
 clean-venv:
 	rm -rf $(VENV)

@@ -56,8 +56,13 @@ SKIP = ("metrics/", "plots/", "tests/", "bench/", ".ci/", ".dvc/", "dvc.lock", "
         "studies/")      # the studies are their own pipelines, not part of the DAG the demo shows
 
 
-def profile(source: Path = SOURCE) -> dict:
-    """``source``'s params.yaml with :data:`PROFILE` laid over it."""
+#: Top-level folders a checkout without git has that git would ignore (outputs, environments).
+UNTRACKED = ("data", "models", "dvc_plots", "downloads")
+
+
+def profile(source: Path = SOURCE, overrides: dict | None = None) -> dict:
+    """``source``'s params.yaml with :data:`PROFILE` laid over it, then ``overrides`` (top-level
+    params such as ``{"device": "cuda"}``)."""
     from rawdrift.params import load_params
 
     def merge(base: dict, patch: dict) -> dict:
@@ -65,12 +70,23 @@ def profile(source: Path = SOURCE) -> dict:
         for k, v in patch.items():
             out[k] = merge(base.get(k) or {}, v) if isinstance(v, dict) else v
         return out
-    return merge(load_params(source / "params.yaml"), PROFILE)
+    return merge(load_params(source / "params.yaml"), merge(PROFILE, overrides or {}))
 
 
 def code_files(source: Path = SOURCE) -> list[str]:
     """The files to copy: what git tracks in ``source`` and new files it does not ignore, as they
     are in its working tree."""
+    if not (source / ".git").exists():
+        # a copy of the working tree without its repository (as a GPU machine gets it): every
+        # file but hidden ones and the pipeline's own outputs
+        files = []
+        for folder, dirs, names in os.walk(source):
+            rel = Path(folder).relative_to(source)
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__"
+                             and not d.endswith(".egg-info") and not (rel == Path(".") and d in UNTRACKED))
+            files += [str(rel / n) if rel != Path(".") else n for n in sorted(names)
+                      if (not n.startswith(".") or n in (".gitignore", ".dvcignore")) and not n.endswith(".pyc")]
+        return [f for f in files if not f.startswith(SKIP)]
     try:
         out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=source, capture_output=True, text=True, check=True).stdout
         files = [f for f in out.split("\0") if f]
@@ -105,8 +121,9 @@ def dvc(*args: str) -> list[str]:
     return [sys.executable, "-m", "dvc", *args]
 
 
-def create(dest: Path, source: Path = SOURCE) -> Path:
-    """The scratch workspace: the code, the tiny profile, its own git and DVC, one commit."""
+def create(dest: Path, source: Path = SOURCE, overrides: dict | None = None) -> Path:
+    """The scratch workspace: the code, the tiny profile (with ``overrides``), its own git and
+    DVC, one commit."""
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
         raise RawdriftError(f"{dest}: exists and is not empty")
@@ -115,7 +132,7 @@ def create(dest: Path, source: Path = SOURCE) -> Path:
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / f, dest / f)
     (dest / "params.yaml").write_text("# rawdrift demo: the tests' tiny profile (rawdrift/demo.py)\n"
-                                      + yaml.safe_dump(profile(source), sort_keys=False))
+                                      + yaml.safe_dump(profile(source, overrides), sort_keys=False))
     sh(["git", "init", "-q"], dest)
     sh(["git", "config", "user.name", "rawdrift demo"], dest)
     sh(["git", "config", "user.email", "demo@rawdrift.invalid"], dest)
@@ -157,10 +174,10 @@ def tour(dest: Path) -> str:
     return "\n".join(lines)
 
 
-def run_demo(dest: Path | None = None, quiet: bool = False) -> Path:
+def run_demo(dest: Path | None = None, quiet: bool = False, overrides: dict | None = None) -> Path:
     """Create the scratch workspace (``dest`` or a new temporary folder) and run the DAG in it."""
     dest = Path(dest) if dest else Path(tempfile.mkdtemp(prefix="rawdrift-demo-"))
-    create(dest)
+    create(dest, overrides=overrides)
     repro(dest, quiet=quiet)
     return dest
 
@@ -170,10 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", metavar="DIR", type=Path,
                         help="build the demo workspace in DIR (new or empty) instead of a temporary folder")
     parser.add_argument("-q", "--quiet", action="store_true", help="do not show dvc repro's output")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="the device param (default: the profile's auto)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="the precision param (default: the profile's fp32)")
     args = parser.parse_args(argv)
+    overrides = {k: v for k, v in (("device", args.device), ("precision", args.precision)) if v}
     start = time.perf_counter()
     try:
-        dest = run_demo(args.keep.resolve() if args.keep else None, quiet=args.quiet)
+        dest = run_demo(args.keep.resolve() if args.keep else None, quiet=args.quiet, overrides=overrides)
     except RawdriftError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -9,6 +9,8 @@ run in bf16. Tensors are channels_last on every device (oneDNN and cuDNN both pr
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from rawdrift.errors import RawdriftError
@@ -48,3 +50,50 @@ def resolve_precision(name: str, device: torch.device) -> bool:
     if name == "auto":
         return native_bf16(device)
     return name == "bf16"
+
+
+#: cuBLAS workspace that makes its matrix products reproducible (NVIDIA's documented value);
+#: read when the first cuBLAS handle is made, so set before any CUDA work.
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def configure_backends(device: torch.device, deterministic: bool, warn_only: bool = True) -> dict:
+    """The numerics policy of the CUDA backends for a run on ``device``; nothing on other devices.
+
+    On CUDA, always: TF32 off for cuBLAS matrix products and cuDNN convolutions (the ISP's
+    one-channel luma convolutions reach cuDNN, and TF32's 10-bit mantissa gives errors of about
+    1e-3 after the gamma curve; bf16 autocast of the task models does not depend on these flags).
+    Then either
+
+    - ``deterministic=False``: ``cudnn.benchmark`` on (shapes are fixed within a stage, so each
+      convolution's fastest algorithm is timed once), deterministic algorithms off; or
+    - ``deterministic=True``: ``torch.use_deterministic_algorithms(True, warn_only=warn_only)``,
+      ``cudnn.benchmark`` off, ``cudnn.deterministic`` on and ``CUBLAS_WORKSPACE_CONFIG`` set
+      (kept when the environment already sets it; it only takes effect if this runs before the
+      first CUDA matrix product). With ``warn_only`` an operation without a deterministic CUDA
+      kernel (e.g. the bilinear upsampling backward) warns instead of raising.
+
+    Process-wide settings: call once per process, before any CUDA work (stages: right after
+    :func:`resolve_device`; worker processes of concurrent folds: at their start).
+
+    Returns:
+        what was set, JSON-ready (``{}`` on a CPU, where nothing is changed), for the record of
+        the run.
+    """
+    if device.type != "cuda":
+        return {}
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    else:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.deterministic = False
+        torch.use_deterministic_algorithms(False)
+    out = {"tf32": False, "cudnn_benchmark": not deterministic, "deterministic": deterministic}
+    if deterministic:
+        out.update(warn_only=warn_only, cublas_workspace_config=os.environ["CUBLAS_WORKSPACE_CONFIG"])
+    return out

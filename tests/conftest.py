@@ -1,6 +1,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 
 def mosaic_from_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -24,3 +25,11 @@ def photo_raw(camera, name: str = "astronaut", crop=(slice(80, 176), slice(140, 
 def camera(request):
     from rawdrift.camera import CAMERAS
     return CAMERAS[request.param]
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is false)"))])
+def device(request):
+    """The devices a cheap test runs on (Kornia style): the CPU always, CUDA when present
+    (reported as skipped, with the reason, where there is none)."""
+    return torch.device(request.param)

@@ -108,3 +108,17 @@ def test_plots_show_draws_the_matrices_from_data(workspace, forensics_exp):
     diff = json.loads(dvc(workspace, "plots", "diff", "HEAD", "--json"))
     (plot,) = diff["data"]["microscopy_crosseval"]
     assert {v["rev"] for v in plot["content"]["data"]["values"]} == {"HEAD", "workspace"}   # one panel per run
+
+
+def test_profile_overrides_and_a_checkout_without_git(tmp_path):
+    """What `make gpu-check` builds on: the device param laid over the tiny profile, and the
+    files to copy from a copy of the working tree that has no .git (as a GPU machine gets it)."""
+    p = demo.profile(ROOT, {"device": "cuda", "train": {"microscopy": {"epochs": 3}}})
+    assert p["device"] == "cuda" and p["precision"] == demo.PROFILE["precision"]
+    assert p["train"]["microscopy"]["epochs"] == 3 and p["train"]["microscopy"]["arch"] == "resnet18"
+    assert demo.profile(ROOT)["device"] == "auto"
+    files = demo.code_files(ROOT)
+    for f in files + [".venv/bin/python", "data/raw/x.npy", "rawdrift/__pycache__/a.pyc", ".whl/a.whl"]:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("x")
+    assert sorted(demo.code_files(tmp_path)) == sorted(files)

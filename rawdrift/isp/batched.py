@@ -33,16 +33,19 @@ import torch
 import torch.nn.functional as F
 
 from rawdrift.camera import Camera
-from rawdrift.isp.differentiable import (K_BILINEAR_G, K_BILINEAR_RB, bayer_masks, black_level_correct,
-                                         check_raw_batch, colour_transform, demosaic_conv, gaussian_kernel_2d,
-                                         pad_symmetric)
+from rawdrift.isp.differentiable import (K_BILINEAR_G, K_BILINEAR_RB, bayer_masks_numpy, black_level_correct,
+                                         check_raw_batch, colour_transform, demosaic_conv, device_constant,
+                                         gaussian_kernel_2d, pad_symmetric)
 from rawdrift.isp.static import GAMMA, GAUSSIAN_SIGMA, K_SHARP, UNSHARP_AMOUNT, UNSHARP_RADIUS, parse_view
 
 def _shift(x: torch.Tensor, offset: int, dim: int) -> torch.Tensor:
     """``x`` moved so that out[i] = x[i + offset] along ``dim``, scipy ``mirror`` border."""
     n = x.shape[dim]
-    idx = np.pad(np.arange(n), abs(offset), mode="reflect")[abs(offset) + offset: abs(offset) + offset + n]
-    return x.index_select(dim, torch.as_tensor(idx, device=x.device))
+
+    def index():
+        return np.pad(np.arange(n, dtype=np.int64), abs(offset), mode="reflect")[abs(offset) + offset:
+                                                                                abs(offset) + offset + n]
+    return x.index_select(dim, device_constant(index, torch.int64, x.device, key=("mirror_shift", n, offset)))
 
 
 def _conv1d(x: torch.Tensor, taps, dim: int) -> torch.Tensor:
@@ -76,20 +79,20 @@ def _convolve_zero(x: torch.Tensor, kernel) -> torch.Tensor:
 
 def _conv2d(x: torch.Tensor, kernel, pad: str) -> torch.Tensor:
     """True 2-D convolution of (B, H, W) with one odd kernel: ``reflect`` (scipy) or ``zeros``."""
-    k = torch.as_tensor(np.asarray(kernel, dtype=np.float64)[::-1, ::-1].copy(), dtype=x.dtype, device=x.device)
+    k = device_constant(np.asarray(kernel, dtype=np.float64)[::-1, ::-1], x.dtype, x.device)
     r = (k.shape[-1] - 1) // 2
     xp = pad_symmetric(x, r) if pad == "reflect" else F.pad(x, (r, r, r, r))
     return F.conv2d(xp[:, None], k[None, None])[:, 0]
 
 
 def _masks(h: int, w: int, like: torch.Tensor):
-    m = bayer_masks(h, w, device=like.device, dtype=like.dtype)
-    return m[0].bool(), m[1].bool(), m[2].bool()
+    m = device_constant(lambda: bayer_masks_numpy(h, w), torch.bool, like.device, key=("bayer", h, w))
+    return m[0], m[1], m[2]
 
 
 def demosaic_bilinear(cfa: torch.Tensor) -> torch.Tensor:
     """Bilinear demosaicing, RGGB: (B, H, W) -> (B, 3, H, W)."""
-    k = torch.as_tensor(np.stack([K_BILINEAR_RB, K_BILINEAR_G, K_BILINEAR_RB]), dtype=cfa.dtype, device=cfa.device)
+    k = device_constant(np.stack([K_BILINEAR_RB, K_BILINEAR_G, K_BILINEAR_RB]), cfa.dtype, cfa.device)
     return demosaic_conv(cfa, k)
 
 
@@ -217,7 +220,7 @@ def render_batch(raw: torch.Tensor, camera: Camera, view: str) -> torch.Tensor:
     dm, sh, dn = parse_view(view)
     check_raw_batch(raw)
     dtype, device = raw.dtype, raw.device
-    t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64), dtype=dtype, device=device)   # noqa: E731
+    t = lambda a: device_constant(np.asarray(a, dtype=np.float64), dtype, device)   # noqa: E731
     v = black_level_correct(raw, t(camera.black_level))
     v = DEMOSAIC[dm](v)
     # white balance, colour matrix and RGB -> YUV as one 3x3 product, as in the differentiable model

@@ -47,6 +47,44 @@ PARAMETER_GROUPS: tuple[str, ...] = (
     "black_level", "demosaic", "white_balance", "colour_matrix", "sharpening", "denoising", "gamma")
 
 
+#: Constant tensors made once per (values, dtype, device) by :func:`device_constant`.
+_CONSTANTS: dict = {}
+_MAX_CONSTANTS = 512
+
+
+def device_constant(values, dtype: torch.dtype, device, key=None) -> torch.Tensor:
+    """``values`` (a numpy array or nested lists) as a tensor of ``dtype`` on ``device``, made
+    once and then served from a cache: the colour matrices, border index vectors, Bayer masks
+    and kernels of the ISPs would otherwise be copied from host memory on every forward pass
+    (a blocking transfer each on a GPU). ``values`` may also be a function making the array,
+    with ``key`` (hashable) naming it: then the array is made only when the cache misses.
+
+    The tensor equals ``torch.as_tensor(values, dtype=dtype, device=device)`` bit for bit. It
+    is made outside inference mode, so a constant first needed under ``torch.inference_mode()``
+    can later be saved for a backward pass. Read-only by contract: never modified in place.
+    """
+    if key is None:
+        a = np.ascontiguousarray(values)
+        key = (a.dtype.str, a.shape, a.tobytes())
+    full = (key, dtype, torch.device(device))
+    t = _CONSTANTS.get(full)
+    if t is None:
+        a = np.ascontiguousarray(values() if callable(values) else values)
+        with torch.inference_mode(False):
+            t = torch.as_tensor(a, dtype=dtype, device=full[2]).clone()
+        if len(_CONSTANTS) >= _MAX_CONSTANTS:      # unusual shapes by the hundred: start over
+            _CONSTANTS.clear()
+        _CONSTANTS[full] = t
+    return t
+
+
+def symmetric_index(n: int, pad: int, device) -> torch.Tensor:
+    """Indices of a length-``n`` axis padded by ``pad`` mirroring the edge sample (numpy
+    ``symmetric``), cached on ``device``."""
+    return device_constant(lambda: np.pad(np.arange(n, dtype=np.int64), pad, mode="symmetric"), torch.int64, device,
+                           key=("symmetric", n, pad))
+
+
 def gaussian_kernel_2d(sigma: float = GAUSSIAN_SIGMA, truncate: float = 4.0) -> np.ndarray:
     """The 2-D kernel that ``scipy.ndimage.gaussian_filter(sigma, truncate)`` applies.
 
@@ -65,9 +103,7 @@ def pad_symmetric(x: torch.Tensor, pad: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     if pad > h or pad > w:
         raise RawdriftError(f"image {h}x{w} too small for a symmetric pad of {pad}")
-    iy = torch.as_tensor(np.pad(np.arange(h), pad, mode="symmetric"), device=x.device)
-    ix = torch.as_tensor(np.pad(np.arange(w), pad, mode="symmetric"), device=x.device)
-    return x.index_select(-2, iy).index_select(-1, ix)
+    return x.index_select(-2, symmetric_index(h, pad, x.device)).index_select(-1, symmetric_index(w, pad, x.device))
 
 
 def _conv_same(x: torch.Tensor, kernel: torch.Tensor, padding: str) -> torch.Tensor:
@@ -129,12 +165,17 @@ def black_level_correct(raw: torch.Tensor, black_level: torch.Tensor) -> torch.T
     return raw - tile
 
 
-def bayer_masks(h: int, w: int, device=None, dtype=None) -> torch.Tensor:
-    """RGGB masks (3, H, W): 1 where the mosaic samples R, G, B respectively."""
-    m = torch.zeros(3, h, w, device=device, dtype=dtype)
+def bayer_masks_numpy(h: int, w: int) -> np.ndarray:
+    """RGGB masks (3, H, W) as float64 numpy: 1 where the mosaic samples R, G, B respectively."""
+    m = np.zeros((3, h, w))
     for (r, c), ch in zip(BAYER_SITES, BAYER_CHANNELS):
         m[ch, r::2, c::2] = 1
     return m
+
+
+def bayer_masks(h: int, w: int, device=None, dtype=None) -> torch.Tensor:
+    """RGGB masks (3, H, W): 1 where the mosaic samples R, G, B respectively (a new tensor)."""
+    return torch.as_tensor(bayer_masks_numpy(h, w), dtype=dtype or torch.get_default_dtype(), device=device)
 
 
 def demosaic_conv(mosaic: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
@@ -143,7 +184,8 @@ def demosaic_conv(mosaic: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     The mosaic is split into zero-filled R, G, B planes and each is convolved with its
     kernel (symmetric border); the bilinear kernels give colour-demosaicing's bilinear result.
     """
-    masks = bayer_masks(mosaic.shape[-2], mosaic.shape[-1], mosaic.device, mosaic.dtype)
+    h, w = mosaic.shape[-2:]
+    masks = device_constant(lambda: bayer_masks_numpy(h, w), mosaic.dtype, mosaic.device, key=("bayer", h, w))
     planes = mosaic.unsqueeze(1) * masks
     return _conv_same(planes, kernels, "symmetric")
 
@@ -167,8 +209,8 @@ def process(raw: torch.Tensor, black_level: torch.Tensor, demosaic: torch.Tensor
         (B, 3, H, W) in [0, 1].
     """
     v = demosaic_conv(black_level_correct(raw, black_level), demosaic)
-    yuv_m = torch.as_tensor(yuv_from_rgb, dtype=v.dtype, device=v.device)
-    rgb_m = torch.as_tensor(rgb_from_yuv, dtype=v.dtype, device=v.device)
+    yuv_m = device_constant(yuv_from_rgb, v.dtype, v.device)
+    rgb_m = device_constant(rgb_from_yuv, v.dtype, v.device)
     # white balance, colour matrix and RGB -> YUV are per-pixel linear maps: applied as their
     # 3x3 product in one pass over the image (equal to applying them in turn, to rounding)
     yuv = colour_transform(v, yuv_m @ colour_matrix @ torch.diag(white_balance))

@@ -1,0 +1,176 @@
+"""``make gpu-check``: the CUDA acceptance run, one command on a machine with an NVIDIA GPU.
+
+``python -m rawdrift.gpucheck`` runs, in this order and within one time budget (10 minutes):
+
+1. ``tests``: the CUDA tests (``pytest tests/test_cuda.py tests/test_differentiable_isp.py``),
+   report ``bench/gpu-check/pytest.xml``;
+2. ``repro``: the whole DAG at the tests' tiny profile in a scratch git + DVC workspace
+   (:mod:`rawdrift.demo`) with ``device: cuda`` and ``precision: auto``, i.e. ``dvc repro`` as
+   ``-S device=cuda`` gives it; its metrics are copied to ``bench/gpu-check/repro-metrics/``;
+3. ``bench``: ``python -m rawdrift.bench`` (what ``make bench`` runs), ``bench/cuda.json``.
+
+Each step's output goes to ``bench/gpu-check/<step>.log``; ``bench/gpu-check/report.json``
+records every step's exit status and seconds, the device, and the torch, Python and numpy
+versions. The exit status is 0 only if every step passed inside the budget. Without a CUDA
+device it stops at once with one line and exit status 2. Nothing outside ``bench/`` and a
+temporary folder is written; the workspace's own DVC cache is not touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_CUDA = "make gpu-check: no CUDA device (torch.cuda.is_available() is false)"
+STEPS = ("tests", "repro", "bench")
+#: The CUDA tests; test_differentiable_isp.py holds the ISP's original CUDA-vs-CPU check.
+TESTS = ("tests/test_cuda.py", "tests/test_differentiable_isp.py")
+BUDGET_S = 600
+
+
+def cuda_available() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+_SHIM: list[Path] = []
+
+
+def _python_shim() -> Path:
+    """A folder with a ``python`` script that runs this interpreter (a script, not a link: a
+    venv's interpreter finds its packages only when started under its own path)."""
+    if not _SHIM:
+        folder = Path(tempfile.mkdtemp(prefix="rawdrift-gpucheck-bin-"))
+        script = folder / "python"
+        script.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+        script.chmod(0o755)
+        _SHIM.append(folder)
+    return _SHIM[0]
+
+
+def _env(extra_path: Path | None = None) -> dict:
+    """This interpreter's environment, with the repository (or ``extra_path``) first on
+    PYTHONPATH (the GPU machine has no editable install) and a ``python`` on PATH that is this
+    interpreter (DVC stages run ``python stages/...``; the machine may only have ``python3``)."""
+    env = dict(os.environ)
+    code = str(extra_path or ROOT)
+    env["PYTHONPATH"] = os.pathsep.join([code] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["PATH"] = os.pathsep.join([str(_python_shim()), str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    return env
+
+
+def _run(name: str, args: list[str], log: Path, timeout: float, cwd: Path = ROOT, env: dict | None = None) -> dict:
+    """Run one step with its output in ``log``; {"step", "rc", "seconds", "log"} (rc 124: out of time)."""
+    start = time.perf_counter()
+    with open(log, "w") as fh:
+        fh.write(f"$ {' '.join(args)}\n")
+        fh.flush()
+        # its own process group, so that running out of time also ends the stages DVC started
+        proc = subprocess.Popen(args, cwd=cwd, env=env or _env(), stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=max(1.0, timeout))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            rc = 124
+            fh.write(f"\nmake gpu-check: {name} ran out of the time budget\n")
+    return {"step": name, "rc": rc, "seconds": round(time.perf_counter() - start, 1), "log": str(log)}
+
+
+def step_tests(out: Path, timeout: float) -> dict:
+    return _run("tests", [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                          f"--junitxml={out / 'pytest.xml'}", *TESTS], out / "tests.log", timeout)
+
+
+def step_repro(out: Path, timeout: float) -> dict:
+    """The tiny DAG on CUDA in a scratch workspace (``rawdrift.demo`` with ``device: cuda``)."""
+    from rawdrift import demo
+    ws = Path(tempfile.mkdtemp(prefix="rawdrift-gpucheck-")) / "ws"
+    log = out / "repro.log"
+    start = time.perf_counter()
+    try:
+        demo.create(ws, overrides={"device": "cuda", "precision": "auto"})
+        env = _env(ws)
+        result = _run("repro", [sys.executable, "-m", "dvc", "repro"], log, timeout - (time.perf_counter() - start),
+                      cwd=ws, env=env)
+        if (ws / "metrics").is_dir():
+            shutil.copytree(ws / "metrics", out / "repro-metrics", dirs_exist_ok=True)
+        result["workspace"] = str(ws)
+    except Exception as exc:      # the workspace could not be made (git, dvc init): the step fails, the rest runs
+        log.write_text(f"make gpu-check: could not create the scratch workspace: {exc}\n")
+        result = {"step": "repro", "rc": 1, "seconds": round(time.perf_counter() - start, 1), "log": str(log)}
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def step_bench(out: Path, timeout: float) -> dict:
+    return _run("bench", [sys.executable, "-m", "rawdrift.bench", "--out", str(out.parent)], out / "bench.log",
+                timeout)
+
+
+#: step name -> function(results folder, seconds left) -> {"step", "rc", "seconds", "log", ...}
+RUNNERS = {"tests": step_tests, "repro": step_repro, "bench": step_bench}
+
+
+def environment() -> dict:
+    import numpy
+    import torch
+    info = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+            "cuda": torch.version.cuda, "host": platform.node()}
+    if torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name(0)
+        info["cudnn"] = torch.backends.cudnn.version()
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rawdrift.gpucheck", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "bench", help="results folder (default bench/)")
+    ap.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for all steps together (default 600)")
+    ap.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
+    args = ap.parse_args(argv)
+    steps = [s for s in args.steps.split(",") if s]
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        print(f"make gpu-check: unknown step {unknown[0]!r} (steps: {', '.join(STEPS)})", file=sys.stderr)
+        return 2
+    if not cuda_available():
+        print(NO_CUDA, file=sys.stderr)
+        return 2
+    out = args.out.resolve() / "gpu-check"
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    results = []
+    for name in steps:
+        left = args.budget - (time.perf_counter() - start)
+        if left <= 0:
+            results.append({"step": name, "rc": 124, "seconds": 0.0, "log": None, "note": "not started: budget spent"})
+            continue
+        r = RUNNERS[name](out, left)
+        results.append(r)
+        print(f"make gpu-check: {name}: {'ok' if r['rc'] == 0 else 'FAILED (exit %d)' % r['rc']} in {r['seconds']:.0f} s"
+              f" (log {r['log']})", flush=True)
+    total = time.perf_counter() - start
+    passed = all(r["rc"] == 0 for r in results) and total <= args.budget
+    report = {"passed": passed, "seconds": round(total, 1), "budget_s": args.budget, "steps": results,
+              "environment": environment()}
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"make gpu-check: {'passed' if passed else 'FAILED'} in {total:.0f} s of {args.budget:.0f} "
+          f"({report['environment'].get('device')}); report {out / 'report.json'}")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
