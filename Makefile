@@ -14,20 +14,6 @@ FANOUT_STAMP := $(VENV)/.installed-fanout
 FANOUT_ARGS ?= --engine ray 'train@*'
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-# The paper protocol (256 px tiles, 940 / 548 images, 5 splits): `make repro-paper`.
-PAPER_SETS := -S data.microscopy.count=940 -S data.microscopy.tile=256 \
-              -S data.drone.count=548 -S data.drone.tile=256 -S data.folds=5 \
-              -S train.microscopy.epochs=100 -S train.microscopy.batch_size=128 \
-              -S train.microscopy.lr=0.0001 -S train.microscopy.schedule=constant \
-              -S train.drone.arch=unetplusplus -S train.drone.encoder=resnet34 -S train.drone.encoder_depth=5 \
-              -S 'train.drone.decoder_channels=[256,128,64,32,16]' -S train.drone.epochs=100 \
-              -S train.drone.batch_size=12 -S train.drone.lr=0.000075 -S train.drone.schedule=constant \
-              -S train.drone.loss=dice \
-              -S optimize.microscopy.epochs=100 -S optimize.microscopy.eval_every=6 \
-              -S optimize.drone.epochs=100 -S optimize.drone.eval_every=37 \
-              -S forensics.search_tiles=0 -S forensics.batch_size=16 \
-              -S "forensics.lambda=[100000.0,10000.0,1000.0,100.0,10.0,1.0]"
-
 .PHONY: venv repro repro-paper scale-study demo fanout test test-all bench gpu-check clean-venv
 
 venv: $(STAMP)
@@ -66,8 +52,10 @@ fanout: $(FANOUT_STAMP)
 	test -d .dvc || $(BIN)/dvc init -q
 	$(BIN)/python -m rawdrift.fanout $(FANOUT_ARGS)
 
+# The paper protocol: profiles/paper.yaml laid over params.yaml as `dvc exp run -S` arguments
+# (validated first: a bad profile stops here, before DVC runs anything).
 repro-paper: $(STAMP)
-	$(BIN)/dvc exp run $(PAPER_SETS)
+	sets="$$($(BIN)/python -m rawdrift.profiles paper --dvc-args)" && eval "$(BIN)/dvc exp run $$sets"
 
 # How processing drift depends on pixel scale (studies/scale/): ~1 h on a 2-core CPU.
 scale-study: $(STAMP)

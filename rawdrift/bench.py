@@ -14,10 +14,11 @@
   (forensics, optimize);
 
 the static views (batched torch on the device against the numpy reference on one core), and
-the common corruptions (images/s per corruption and severity at the paper's 256 px, and
-the projected time to corrupt the held-out tiles of all 12 views x 10 corruptions x 3
-severities at paper size: 940 + 548 tiles). From these rates it projects the whole paper
-protocol (:func:`project_paper`), stage by stage, and writes ``bench/<device>.json`` with
+the common corruptions (images/s per corruption and severity at the paper profile's tile
+size, and the projected time to corrupt the held-out tiles of every train view through every
+corruption and severity at that size). The paper protocol is ``profiles/paper.yaml`` laid over
+``params.yaml`` (:data:`PAPER_PROTOCOL`), as ``make repro-paper`` runs it. From these rates it
+projects the whole protocol (:func:`project_paper`), stage by stage, and writes ``bench/<device>.json`` with
 images/s, their ratios, the projection and the device name. Timings are medians of repeated
 windows after warm-up; no test asserts on them.
 """
@@ -33,21 +34,37 @@ from pathlib import Path
 import torch
 
 from rawdrift.corruptions import CORRUPTIONS, corrupt
+from rawdrift.errors import ParamError
 from rawdrift.runtime import resolve_device, resolve_precision
 from rawdrift.tasks import TaskModel, loss_fn, predict, task_config
 from rawdrift.training import BN_TILES, dihedral_augment, optimisation_step
 
-#: The paper protocol as ``make repro-paper`` runs it (Makefile PAPER_SETS; paper table 3,
-#: sections 5.2 and 5.3): tiles, batch, folds, epochs, 12 views; forensics 8 parameter
-#: groups x 6 lambdas x 20 epochs on the bi_s_ga models; optimize 3 modes x 2 intensities.
-PAPER_PROTOCOL = {
-    "views": 12, "folds": 5, "epochs": 100,
-    "datasets": {"microscopy": {"tiles": 940, "batch": 128, "eval_every": 6},
-                 "drone": {"tiles": 548, "batch": 12, "eval_every": 37}},
-    "corruptions": 10, "severities": 3,
-    "forensics": {"groups": 8, "lambdas": 6, "epochs": 20},
-    "optimize": {"modes": 3, "intensities": 2},
-}
+def protocol(profile: str = "paper") -> dict:
+    """The counts :func:`project_paper` needs, from ``params.yaml`` with ``profiles/<profile>.yaml``
+    laid over it (:func:`rawdrift.profiles.resolve`, validated), as ``make repro-paper`` runs it:
+    views, folds; per dataset the tiles, tile side, train batch and epochs, optimize epochs and
+    eval_every, and the task model (``train.<dataset>``); corruptions x severities; forensics
+    groups x lambdas x epochs; optimize modes x intensities."""
+    from rawdrift.isp import VIEWS
+    from rawdrift.profiles import resolve, validate
+    sections = validate(resolve(profile))
+    data, train, opt = sections["data"], sections["train"], sections["optimize"]
+    first, first_opt = next(iter(data.values())), next(iter(opt.values()))
+    fo = sections["forensics"]
+    return {
+        "profile": profile, "views": len(VIEWS), "folds": first.folds,
+        "datasets": {d: {"tiles": data[d].count, "tile": data[d].tile, "batch": train[d].batch_size,
+                         "epochs": train[d].epochs, "optimize_epochs": opt[d].epochs, "eval_every": opt[d].eval_every,
+                         "task": {k: v for k, v in train[d].to_dict().items() if k not in ("task", "extra")}}
+                     for d in data},
+        "corruptions": len(sections["corruptions"].names), "severities": len(sections["corruptions"].severities),
+        "forensics": {"groups": len(fo.groups), "lambdas": len(fo.lambdas), "epochs": fo.epochs},
+        "optimize": {"modes": len(first_opt.modes), "intensities": len(first_opt.intensities)},
+    }
+
+
+#: The paper protocol as ``make repro-paper`` runs it: ``profiles/paper.yaml`` over ``params.yaml``.
+PAPER_PROTOCOL = protocol("paper")
 
 
 def _sync(device: torch.device) -> None:
@@ -58,12 +75,6 @@ def _sync(device: torch.device) -> None:
 #: Tiles per task-model pass of forensics: ``forensics_sweep(max_batch=64)`` steps
 #: 64 // batch_size searches together.
 SEARCH_BATCH = 64
-
-
-def _paper_drone() -> dict:
-    """train.drone as the paper sets it (U-Net++ resnet34, Dice)."""
-    return dict(arch="unetplusplus", encoder="resnet34", encoder_depth=5, decoder_channels=[256, 128, 64, 32, 16],
-                loss="dice")
 
 
 def _random_data(cfg, n: int, size: int, device: torch.device, gen: torch.Generator):
@@ -106,7 +117,7 @@ def bench_task(dataset: str, cfg_values: dict, size: int, batch: int, device: to
                modes=("ceiling", "pipeline")) -> dict:
     """Images/s of the training step for one task model: ceiling vs rawdrift's pipeline
     (``modes`` picks which are measured; the ratio needs both)."""
-    cfg = task_config(dataset, dict(cfg_values, batch_size=batch), f"bench.{dataset}")
+    cfg = task_config(dataset, dict(cfg_values, batch_size=batch))
     amp = device.type == "cuda" if amp is None else amp
     gen = torch.Generator(device=device).manual_seed(0)
     results = {}
@@ -133,7 +144,7 @@ def bench_inference(dataset: str, cfg_values: dict, size: int, batch: int, devic
                     windows: int = 3, steps: int = 1, amp: bool | None = None) -> float:
     """Images/s of :func:`rawdrift.tasks.predict` (eval mode, inference_mode, batches of ``batch``):
     the held-out evaluations of train, crosseval, corruptions, forensics and optimize."""
-    cfg = task_config(dataset, dict(cfg_values, batch_size=batch), f"bench.{dataset}")
+    cfg = task_config(dataset, dict(cfg_values, batch_size=batch))
     amp = device.type == "cuda" if amp is None else amp
     gen = torch.Generator(device=device).manual_seed(0)
     torch.manual_seed(0)
@@ -150,7 +161,7 @@ def bench_joint_step(dataset: str, cfg_values: dict, size: int, batch: int, devi
     from rawdrift.camera import CAMERAS
     from rawdrift.isp.constraints import constrain, optimiser_groups
     from rawdrift.isp.differentiable import ParametrizedISP
-    cfg = task_config(dataset, dict(cfg_values, batch_size=batch), f"bench.{dataset}")
+    cfg = task_config(dataset, dict(cfg_values, batch_size=batch))
     amp = device.type == "cuda" if amp is None else amp
     gen = torch.Generator(device=device).manual_seed(0)
     torch.manual_seed(0)
@@ -178,7 +189,7 @@ def _concurrent_worker(dataset: str, cfg_values: dict, size: int, batch: int, de
         if threads:
             torch.set_num_threads(threads)
         dev = torch.device(device)
-        cfg = task_config(dataset, dict(cfg_values, batch_size=batch), f"bench.{dataset}")
+        cfg = task_config(dataset, dict(cfg_values, batch_size=batch))
         gen = torch.Generator(device=dev).manual_seed(seed)
         torch.manual_seed(seed)
         model = TaskModel(cfg).to(dev, memory_format=torch.channels_last).train()
@@ -226,7 +237,9 @@ def bench_concurrent(dataset: str, cfg_values: dict, size: int, batch: int, devi
 
 #: Tiles of the paper's two datasets; every tile is held out once, so a corruption pass over
 #: all folds' held-out tiles touches each tile once per train view.
-PAPER_TILES = 940 + 548
+PAPER_TILES = sum(d["tiles"] for d in PAPER_PROTOCOL["datasets"].values())
+#: The paper profile's tile side (px), the size the corruptions and views are measured at.
+PAPER_TILE = max(d["tile"] for d in PAPER_PROTOCOL["datasets"].values())
 
 
 def bench_corruptions(device: torch.device, size: int = 256, batch: int = 16, severities=(1, 3, 5),
@@ -243,7 +256,7 @@ def bench_corruptions(device: torch.device, size: int = 256, batch: int = 16, se
     per_pass = sum(1.0 / r for r in rates.values())          # seconds per image through every (c, s)
     return {"size": size, "batch": batch, "images_per_s": rates,
             "paper_all_views_s": PAPER_TILES * 12 * per_pass,
-            "note": "projected: 1488 tiles x 12 train views through every corruption and severity"}
+            "note": f"projected: {PAPER_TILES} tiles x 12 train views through every corruption and severity"}
 
 
 def bench_render(device: torch.device, size: int = 256, batch: int = 16, reference_tiles: int = 2,
@@ -283,14 +296,16 @@ def project_paper(rates: dict, render_view_images_per_s: float, corruption_s_per
         rates: per dataset {"size" (px the rates were measured at), "train", "inference",
             "joint" and optionally "train_concurrent" and "search" (the joint step at the 64
             tiles per pass that forensics steps its searches together in), in images/s.
-            Rates measured below 256 px are scaled by (size / 256)^2, as convolution cost
-            goes with the pixel count (an approximation: small tiles leave a device less
-            busy, so it overestimates them).
-        render_view_images_per_s: the 12 static views at 256 px (per view-image).
-        corruption_s_per_image: seconds to push one 256-px image through every corruption and
-            severity.
+            Rates measured below the protocol's tile are scaled by (size / tile)^2, as
+            convolution cost goes with the pixel count (an approximation: small tiles leave a
+            device less busy, so it overestimates them).
+        render_view_images_per_s: the 12 static views at the protocol's tile (per view-image).
+        corruption_s_per_image: seconds to push one image of that size through every corruption
+            and severity.
+        protocol: :func:`protocol`'s counts (default: the paper profile).
 
-    Image counts per dataset (N tiles, F folds, E epochs, V views, B batch, BN = BN_TILES):
+    Image counts per dataset (N tiles, F folds, E epochs (optimize: its own), V views, B batch,
+    BN = BN_TILES):
     train V E (F-1) N training images and V E (N + F BN) evaluated; crosseval V V N;
     corruptions V N corrupted and V N x corruptions x severities evaluated; forensics
     groups x lambdas x epochs x (F-1) N search steps and groups x lambdas x N evaluated;
@@ -305,20 +320,21 @@ def project_paper(rates: dict, render_view_images_per_s: float, corruption_s_per
         {"datasets": {name: {stage: s, "train_concurrent": s, "optimize_concurrent": s}},
         "total_s", "total_concurrent_s", "goal_s": 3600}.
     """
-    V, F, E = protocol["views"], protocol["folds"], protocol["epochs"]
+    V, F = protocol["views"], protocol["folds"]
     cs = protocol["corruptions"] * protocol["severities"]
     fo, op = protocol["forensics"], protocol["optimize"]
     out, total, total_conc = {}, 0.0, 0.0
     for name, d in protocol["datasets"].items():
         r = rates[name]
-        k = (r["size"] / 256) ** 2
+        k = (r["size"] / d["tile"]) ** 2
+        E, E_opt = d["epochs"], d["optimize_epochs"]
         train, infer, joint = r["train"] * k, r["inference"] * k, r["joint"] * k
         search = r.get("search", r["joint"]) * k
         conc = r.get("train_concurrent", r["train"]) * k
         n, b = d["tiles"], d["batch"]
         train_imgs, train_evals = V * E * (F - 1) * n, V * E * (n + F * BN_TILES)
         fold_train = (F - 1) * n / F
-        opt_steps = E * -(-int(fold_train) // b)
+        opt_steps = E_opt * -(-int(fold_train) // b)
         opt_evals = op["intensities"] * op["modes"] * F * -(-opt_steps // d["eval_every"]) * (BN_TILES + n / F)
         stages = {
             "render": n * V / render_view_images_per_s,
@@ -326,11 +342,11 @@ def project_paper(rates: dict, render_view_images_per_s: float, corruption_s_per
             "crosseval": V * V * n / infer,
             "corruptions": V * n * corruption_s_per_image + V * n * cs / infer,
             "forensics": fo["groups"] * fo["lambdas"] * (fo["epochs"] * (F - 1) * n / search + n / infer),
-            "optimize": (op["intensities"] * F * E * fold_train * (1 / joint + (op["modes"] - 1) / train)
+            "optimize": (op["intensities"] * F * E_opt * fold_train * (1 / joint + (op["modes"] - 1) / train)
                          + opt_evals / infer),
         }
         with_conc = {"train": train_imgs / conc + train_evals / infer,
-                     "optimize": (op["intensities"] * F * E * fold_train
+                     "optimize": (op["intensities"] * F * E_opt * fold_train
                                   * (1 / (joint * conc / train) + (op["modes"] - 1) / conc) + opt_evals / infer)}
         out[name] = {**{s: float(v) for s, v in stages.items()},
                      **{f"{s}_concurrent": float(v) for s, v in with_conc.items()}}
@@ -349,15 +365,21 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto", help="auto | fp32 | bf16 (as the precision param)")
-    ap.add_argument("--size", type=int, default=None, help="tile side (default 256 on CUDA, 64 on CPU)")
+    ap.add_argument("--size", type=int, default=None,
+                    help=f"tile side (default: the paper profile's, {PAPER_TILE}, on CUDA; 64 on CPU)")
     ap.add_argument("--out", default="bench")
     args = ap.parse_args(argv)
-    device = resolve_device(args.device)
-    amp = resolve_precision(args.precision, device)
-    size = args.size or (256 if device.type == "cuda" else 64)
+    try:
+        device = resolve_device(args.device)
+        amp = resolve_precision(args.precision, device)
+    except ParamError as e:          # the library names the value; here it came from a flag
+        ap.exit(2, f"error: --{e.key}: {e.problem}\n")
+    size = args.size or (PAPER_TILE if device.type == "cuda" else 64)
     cuda = device.type == "cuda"
     folds = PAPER_PROTOCOL["folds"]
-    setups = {"microscopy": ({}, 128 if cuda else 32), "drone": (_paper_drone(), 12)}
+    # the paper profile's task models at its batches (on a CPU at most 32 tiles a step)
+    setups = {name: (d["task"], d["batch"] if cuda else min(d["batch"], 32))
+              for name, d in PAPER_PROTOCOL["datasets"].items()}
     runs, concurrent, rates = [], [], {}
     for name, (values, batch) in setups.items():
         run = bench_task(name, values, size, batch, device, amp=amp)
@@ -373,12 +395,13 @@ def main(argv=None) -> None:
                                                     n_data=256 if cuda else 64),
                        "joint": bench_joint_step(name, values, size, batch, device, amp=amp),
                        "search": bench_joint_step(name, values, size, SEARCH_BATCH, device, amp=amp)}
-    corr = bench_corruptions(device, 256, 64 if cuda else 8)
-    render = bench_render(device, 256, 64 if cuda else 4)
+    corr = bench_corruptions(device, PAPER_TILE, 64 if cuda else 8)
+    render = bench_render(device, PAPER_TILE, 64 if cuda else 4)
     per_image = sum(1.0 / r for r in corr["images_per_s"].values())
     projection = project_paper(rates, render["torch_view_images_per_s"], per_image)
     result = {"device": device_name(device), "torch": torch.__version__, "runs": runs, "concurrent": concurrent,
-              "rates": rates, "corruptions": corr, "render": render, "projection": projection}
+              "rates": rates, "corruptions": corr, "render": render, "projection": projection,
+              "protocol": PAPER_PROTOCOL}
     out = Path(args.out) / f"{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -391,9 +414,10 @@ def main(argv=None) -> None:
         print(f"{c['dataset']}: {c['processes']} folds at once: {c['images_per_s']:.0f} img/s together "
               f"({c['speedup']:.2f}x one loop) vs {c['ceiling_at_summed_batch_images_per_s']:.0f} model-only at batch "
               f"{c['batch'] * c['processes']}")
-    print(f"corruptions: {PAPER_TILES} paper tiles x 12 views x 10 corruptions x 3 severities at 256 px: "
+    print(f"corruptions: {PAPER_TILES} paper tiles x 12 views x {PAPER_PROTOCOL['corruptions']} corruptions x "
+          f"{PAPER_PROTOCOL['severities']} severities at {PAPER_TILE} px: "
           f"{corr['paper_all_views_s']:.0f} s projected ({result['device']})")
-    print(f"render: 12 views at 256 px: {render['torch_view_images_per_s']:.0f} view-images/s batched on "
+    print(f"render: 12 views at {PAPER_TILE} px: {render['torch_view_images_per_s']:.0f} view-images/s batched on "
           f"{device.type} vs {render['reference_view_images_per_s_one_core']:.1f} reference on one core "
           f"({render['speedup']:.1f}x); paper render {render['paper_render_s_torch']:.0f} s vs "
           f"{render['paper_render_s_reference_one_core']:.0f} s")
@@ -401,7 +425,7 @@ def main(argv=None) -> None:
         print(f"paper protocol, {name}: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in st.items()))
     print(f"paper protocol: {projection['total_s'] / 60:.0f} min projected, "
           f"{projection['total_concurrent_s'] / 60:.0f} min with concurrent folds (goal 60 min)"
-          + ("" if size == 256 else f"; rates measured at {size} px and scaled by pixel count"))
+          + ("" if size == PAPER_TILE else f"; rates measured at {size} px and scaled by pixel count"))
     print(f"wrote {out}")
 
 

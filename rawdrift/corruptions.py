@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rawdrift import checks
 from rawdrift.errors import RawdriftError
 from rawdrift.kernels import gaussian_1d, scipy_radius
 
@@ -53,12 +54,11 @@ CONSTANTS: dict[str, list] = {
 }
 
 
-def check_corruption(name: str, severity: int, where: str = "corruption") -> None:
-    """Raise a one-line :class:`RawdriftError` for an unknown name or a severity outside 1..5."""
-    if name not in CORRUPTIONS:
-        raise RawdriftError(f"{where}: unknown corruption {name!r}; expected one of {', '.join(CORRUPTIONS)}")
-    if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or not 1 <= severity <= 5:
-        raise RawdriftError(f"{where}: severity must be an integer in 1..5, got {severity!r}")
+def check_corruption(name: str, severity: int) -> None:
+    """Raise a one-line :class:`~rawdrift.errors.ParamError` naming ``corruption`` for an unknown
+    name, ``severity`` for one outside 1..5."""
+    checks.choice("corruption", name, CORRUPTIONS)
+    checks.integer("severity", int(severity) if isinstance(severity, np.integer) else severity, 1, 5)
 
 
 def _check_views(x: torch.Tensor) -> None:
@@ -365,7 +365,7 @@ def corruption_eval(models_dir, views_dir, targets: torch.Tensor, folds: np.ndar
     corruptions, severities = tuple(corruptions), tuple(int(s) for s in severities)
     for name in corruptions:
         for s in severities:
-            check_corruption(name, s, "params.yaml: corruptions")
+            check_corruption(name, s)
     k_folds = int(folds.max()) + 1
     check_fold_counts(models_dir, views, k_folds)
     amp = device.type == "cuda" if amp is None else amp
@@ -405,6 +405,7 @@ def corruption_headline(corr: dict, cross: dict, severity: int = 3, top: int = 3
     views of a column are a list: several when they tie, none when the whole column ties (e.g.
     a corruption that every model fails completely).
     """
+    from rawdrift.reports import best_rows_per_column, matrix_frame, rank_per_column, ranking
     key = str(severity)
     if key not in corr["severity"]:
         raise RawdriftError(f"severity {severity} not evaluated (have {', '.join(corr['severity'])})")
@@ -416,12 +417,10 @@ def corruption_headline(corr: dict, cross: dict, severity: int = 3, top: int = 3
     off = ~np.eye(len(views), dtype=bool)
     view_drop = float(np.diag(cm).mean() - cm[off].mean())
     corruption_drop = float(m[:, 0].mean() - m[:, 1:].mean())
-    isp_order = np.argsort(-cm.mean(1), kind="stable")
-    cc_avg = m.mean(1)
-    cc_order = np.argsort(-cc_avg, kind="stable")
-    top_isp = [views[i] for i in isp_order[:top]]
-    top_cc = [views[i] for i in cc_order[:top]]
-    col_rank = (-m).argsort(0, kind="stable").argsort(0, kind="stable") + 1
+    table = matrix_frame(m, views, cols)            # rows = train view, columns = identity, corruptions
+    cc_ranking = ranking(table)
+    top_isp = [r["view"] for r in ranking(matrix_frame(cm, views, views))[:top]]
+    top_cc = [r["view"] for r in cc_ranking[:top]]
     return {
         "severity": severity,
         "identity_mean": float(m[:, 0].mean()),
@@ -433,14 +432,7 @@ def corruption_headline(corr: dict, cross: dict, severity: int = 3, top: int = 3
         f"top{top}_isp": top_isp,
         f"top{top}_corruptions": top_cc,
         "top_overlap": [v for v in top_isp if v in top_cc],
-        "train_view_ranking": [{"view": views[i], "average": float(cc_avg[i])} for i in cc_order],
-        "best_train_view_per_column": {c: _best_rows(m[:, j], views) for j, c in enumerate(cols)},
-        "rank_per_column": {c: {views[i]: int(col_rank[i, j]) for i in range(len(views))} for j, c in enumerate(cols)},
+        "train_view_ranking": cc_ranking,
+        "best_train_view_per_column": best_rows_per_column(table),
+        "rank_per_column": rank_per_column(table),
     }
-
-
-def _best_rows(column: np.ndarray, views) -> list[str]:
-    """Train views with the column's best score; [] when every view scores the same."""
-    if np.ptp(column) == 0:
-        return []
-    return [views[i] for i in np.flatnonzero(column == column.max())]

@@ -60,40 +60,22 @@ def crosseval(models_dir: str | Path, views_dir: str | Path, targets: torch.Tens
 
 def headline(result: dict) -> dict:
     """Diagonal mean, off-diagonal mean, their drop, and rankings (paper tables 5, 6, 8; figures 4, 5)."""
+    from rawdrift.reports import best_row_per_column, matrix_frame, rank_per_column, ranking
     mean = np.asarray(result["mean"])
     views = result["views"]
-    n = len(views)
-    off = ~np.eye(n, dtype=bool)
-    row_avg = mean.mean(1)
-    order = np.argsort(-row_avg, kind="stable")
-    col_rank = (-mean).argsort(0, kind="stable").argsort(0, kind="stable") + 1     # rank of each train view per column
+    off = ~np.eye(len(views), dtype=bool)
+    table = matrix_frame(mean, views, views)       # rows = train view, columns = test view
     return {
         "metric": result["metric"], "folds": result["folds"],
         "diagonal_mean": float(np.diag(mean).mean()),
         "diagonal_std_mean": float(np.diag(np.asarray(result["std"])).mean()),
         "off_diagonal_mean": float(mean[off].mean()),
         "drop": float(np.diag(mean).mean() - mean[off].mean()),
-        "train_view_ranking": [{"view": views[i], "average": float(row_avg[i])} for i in order],
-        "best_train_view_per_test_view": {views[j]: views[int(np.argmax(mean[:, j]))] for j in range(n)},
-        "rank_per_test_view": {views[j]: {views[i]: int(col_rank[i, j]) for i in range(n)} for j in range(n)},
+        "train_view_ranking": ranking(table),
+        "best_train_view_per_test_view": best_row_per_column(table),
+        "rank_per_test_view": rank_per_column(table),
         "worst_pair": _worst_pair(mean, views),
     }
-
-
-def write_matrix_csv(result: dict, path: str | Path) -> None:
-    """The matrix as ``dvc plots`` data: one row per (train view, test view) with the mean and std
-    over folds, in the matrix's order (drawn by the ``matrix`` template, compared by
-    ``dvc plots diff``)."""
-    import csv
-
-    from rawdrift.io import atomic_file
-    metric, views = result["metric"], result["views"]
-    with atomic_file(path, suffix=".csv") as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["train_view", "test_view", metric, "std"])
-        for i, a in enumerate(views):
-            for j, b in enumerate(views):
-                w.writerow([a, b, f"{result['mean'][i][j]:.6g}", f"{result['std'][i][j]:.6g}"])
 
 
 def _worst_pair(mean: np.ndarray, views) -> dict:

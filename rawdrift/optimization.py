@@ -36,7 +36,7 @@ from rawdrift.errors import RawdriftError
 from rawdrift.isp.constraints import constrain, optimiser_groups
 from rawdrift.isp.differentiable import ParametrizedISP, check_raw_batch
 from rawdrift.sensor import intensity_name
-from rawdrift.tasks import METRIC, TaskConfig, TaskModel, in_batches, loss_fn, predict, score
+from rawdrift.tasks import TaskConfig, TaskModel, in_batches, loss_fn, predict, score
 from rawdrift.training import BN_TILES, channel_stats, dihedral_augment, recalibrate_batchnorm
 
 MODES: tuple[str, ...] = ("learned", "frozen", "raw")
@@ -71,7 +71,7 @@ def make_front(mode: str, camera: Camera) -> nn.Module:
         return ParametrizedISP(camera).requires_grad_(False)
     if mode == "raw":
         return PackRaw()
-    raise RawdriftError(f"params.yaml: optimize.modes: unknown mode {mode!r}; expected some of {list(MODES)}")
+    raise RawdriftError(f"unknown mode {mode!r}; expected one of {list(MODES)}")
 
 
 class Head(nn.Module):
@@ -272,40 +272,6 @@ def _validate(head: nn.Module, inputs, train_idx: torch.Tensor, test_idx: torch.
 def setting_name(mode: str, intensity: float) -> str:
     """Key of one mode x intensity in the outputs, e.g. ``learned_scale001``."""
     return f"{mode}_{intensity_name(intensity).removeprefix('raw_')}"
-
-
-def _mean_std(values) -> dict:
-    v = np.asarray(values, dtype=np.float64)
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0}
-
-
-def summarise(results: dict[str, list[JointFold]], task: str) -> dict:
-    """The metrics of ``metrics/optimize/<dataset>.json`` from every setting's folds.
-
-    Per setting: ``table`` (paper table 2: mean and std of the held-out metric over folds and
-    steps), ``final`` (mean and std over folds of the last value, and per fold) and ``curve``
-    (per step: mean and std over folds, the lines and bands of figure 7).
-    """
-    out = {"metric": METRIC[task], "settings": {}}
-    for name, folds in results.items():
-        steps = folds[0].steps
-        if any(f.steps != steps for f in folds):
-            raise RawdriftError(f"{name}: folds were validated at different steps")
-        values = np.array([f.val_metric for f in folds])      # (folds, evaluations)
-        out["settings"][name] = {
-            "mode": folds[0].mode, "intensity": folds[0].intensity, "folds": len(folds), "steps": steps[-1],
-            "table": _mean_std(values.ravel()),
-            "final": {**_mean_std(values[:, -1]), "per_fold": values[:, -1].tolist()},
-            "curve": {"step": steps, "mean": values.mean(0).tolist(),
-                      "std": (values.std(0, ddof=1) if len(folds) > 1 else np.zeros(len(steps))).tolist()},
-        }
-    return out
-
-
-def curve_rows(results: dict[str, list[JointFold]], metric: str) -> list[dict]:
-    """Long-format rows (step, setting, fold, metric) for ``dvc plots`` with the band template."""
-    return [{"step": s, "setting": name, "fold": f.fold, metric: v}
-            for name, folds in results.items() for f in folds for s, v in zip(f.steps, f.val_metric)]
 
 
 def isp_export(fold: JointFold, camera: Camera, dataset: str) -> dict:

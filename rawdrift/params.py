@@ -1,9 +1,31 @@
-"""Reading and validating ``params.yaml``; errors name the param.
+"""The config model: ``params.yaml`` read into one typed section per block, errors naming the param.
 
-Every stage imports this module, so it imports nothing of rawdrift but ``errors``: what a
-section is checked against (corruption names, task config builder, ...) is passed in by the
-stage, which imports that module anyway. Otherwise each stage's import closure, and so its
-DVC code deps, would be the whole package (``python -m rawdrift.stage_deps``).
+A section is a frozen dataclass whose ``parse`` checks the block's values with the field
+checkers of :mod:`rawdrift.checks` (one checker per kind of value, the same everywhere) and
+raises :class:`~rawdrift.errors.ParamError` naming the key inside the block; the readers below
+(:func:`section` and the ``*_params`` functions) add the block and the file, so a stage's error
+reads ``params.yaml: forensics.lr: must be a number > 0, got 0``. Library code called with
+param values raises plain :class:`ParamError` too (``epochs: ...``); stages wrap such calls in
+:func:`sourced` to say where the value came from.
+
+=====================  ====================================  ===============================
+block                  section                               reader
+=====================  ====================================  ===============================
+seed                   int                                   :func:`seed`
+device, precision      names (``rawdrift.runtime`` checks)   :func:`get` inside :func:`sourced`
+data                   :class:`DataParams` (+ ``zenodo``:    :func:`data_params`
+                       :class:`ZenodoParams`)
+train.<dataset>        ``rawdrift.tasks.TaskConfig``         :func:`task_params`, :func:`train_config`
+corruptions            :class:`CorruptionParams`             :func:`corruption_params`
+forensics              :class:`ForensicsParams`              :func:`forensics_params`
+optimize               :class:`OptimizeParams`               :func:`optimize_params`
+=====================  ====================================  ===============================
+
+Every stage imports this module, so it imports nothing of rawdrift but ``errors`` and
+``checks``: what a section is checked against (corruption names, task config builder, ...) is
+passed in by the stage, which imports that module anyway. Otherwise each stage's import
+closure, and so its DVC code deps, would be the whole package (``python -m rawdrift.stage_deps``).
+A stage reads only the blocks its ``dvc.yaml`` entry lists.
 """
 
 from __future__ import annotations
@@ -11,12 +33,15 @@ from __future__ import annotations
 import os
 import re
 import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection
+from typing import Any, Callable, Collection, Iterator
 
 import yaml
 
-from rawdrift.errors import RawdriftError
+from rawdrift import checks
+from rawdrift.errors import ParamError, RawdriftError
 
 DATASETS: tuple[str, ...] = ("microscopy", "drone")
 SOURCES: tuple[str, ...] = ("synthetic", "folder", "zenodo")
@@ -53,12 +78,12 @@ def load_params(path: str | Path = "params.yaml") -> dict:
     return data
 
 
-def get(params: dict, dotted: str) -> Any:
-    """``get(p, "data.microscopy.count")``; a missing key names the param."""
+def get(params: dict, dotted: str, source: str = "params.yaml") -> Any:
+    """``get(p, "data.microscopy.count")``; a missing key names the param and ``source``."""
     node: Any = params
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
-            raise RawdriftError(f"params.yaml: missing param {dotted}")
+            raise RawdriftError(f"{source}: missing param {dotted}")
         node = node[part]
     return node
 
@@ -99,172 +124,252 @@ def warn_concurrent_on_cpu(device) -> None:
               "slower than the serial loop (same results); it is meant for a GPU", file=sys.stderr)
 
 
+@contextmanager
+def sourced(prefix: str = "", source: str = "params.yaml") -> Iterator[None]:
+    """Within the block, a :class:`ParamError` (``epochs: ...``) becomes a one-line error saying
+    where the value came from: ``params.yaml: <prefix>.epochs: ...``."""
+    try:
+        yield
+    except ParamError as e:
+        raise RawdriftError(f"{source}: {e.under(prefix)}") from None
+
+
+def section(params: dict, name: str, parse: Callable[..., Any], *args: Any, source: str = "params.yaml") -> Any:
+    """``parse(params[name], *args)`` with errors named ``<source>: <name>.<key>``."""
+    value = get(params, name, source)
+    with sourced(name, source):
+        return parse(value, *args)
+
+
 def check_dataset(name: str) -> str:
     if name not in DATASETS:
         raise RawdriftError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
     return name
 
 
-def int_param(params: dict, dotted: str, low: int | None = None, high: int | None = None) -> int:
-    """An integer param within [low, high]."""
-    value = get(params, dotted)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise RawdriftError(f"params.yaml: {dotted} must be an integer, got {value!r}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
-        raise RawdriftError(f"params.yaml: {dotted} must lie in {bounds}, got {value}")
-    return value
+def _ratio(key: str, value: Any) -> float:
+    """An exposure ratio in (0, 1]."""
+    return checks.number(key, value, 0, 1, above=True)
 
 
-def ratios_param(params: dict, dotted: str) -> list[float]:
-    """A list of exposure ratios, each in (0, 1], including 1.0 (the reference)."""
-    values = get(params, dotted)
-    if not isinstance(values, list) or not values:
-        raise RawdriftError(f"params.yaml: {dotted} must be a non-empty list of ratios in (0, 1]")
-    out = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < float(v) <= 1):
-            raise RawdriftError(f"params.yaml: {dotted} entries must lie in (0, 1], got {v!r}")
-        out.append(float(v))
-    if 1.0 not in out:
-        raise RawdriftError(f"params.yaml: {dotted} must include the reference exposure 1.0")
-    if len(set(round(v * 100) for v in out)) != len(out):
-        raise RawdriftError(f"params.yaml: {dotted} has ratios that share a name (percent, rounded)")
-    return sorted(out)
+def _percent(value: float) -> int:
+    """The exposure's name (``raw_scale010``): ratios with the same percent share a name."""
+    return round(value * 100)
 
 
-def task_params(params: dict, dataset: str, task_config: Callable[[str, dict, str], Any]):
+# --- seed, device, precision -------------------------------------------------------------------------------------
+# Top-level scalars: ``seed`` here; ``device`` and ``precision`` are checked against the machine by
+# rawdrift.runtime.resolve_device / resolve_precision, which a stage calls inside sourced().
+
+def seed(params: dict, source: str = "params.yaml") -> int:
+    """The ``seed`` param: an integer >= 0."""
+    with sourced("", source):
+        return checks.integer("seed", get(params, "seed", source), 0)
+
+
+# --- data ----------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ZenodoParams:
+    """``data.zenodo``: the record, the API, where archives are kept, the extraction limit, retries."""
+
+    record: int
+    api: str
+    downloads: str
+    max_bytes: int
+    retries: int
+
+    @classmethod
+    def parse(cls, values: Any) -> "ZenodoParams":
+        z = checks.mapping("", values)
+        return cls(record=checks.integer("record", z.get("record"), 1),
+                   api=checks.text("api", z.get("api"), "an http(s) URL", ("http://", "https://")),
+                   downloads=checks.text("downloads", z.get("downloads"), "the name of a folder"),
+                   max_bytes=int(checks.number("max_extract_gb", z.get("max_extract_gb"), 0, above=True) * (1 << 30)),
+                   retries=checks.integer("retries", z.get("retries"), 0, 100))
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """``data`` for one dataset: the source, the split, the exposures and ``data.<dataset>``.
+
+    ``count``: tiles to make (synthetic: at least one per fold) or at most this many (folder,
+    zenodo; 0 = all); ``tile``: even, 16..4096 px; ``optics`` (synthetic microscopy; checked by
+    the generator), ``path`` (the folder source's folder) and ``classes`` (folder: your own
+    classes, checked against the labels) as given; ``zenodo`` only for the zenodo source.
+    """
+
+    dataset: str
+    source: str
+    folds: int
+    intensities: tuple[float, ...]
+    count: int
+    tile: int
+    optics: str = "matched"
+    path: str | None = None
+    classes: Any = None
+    zenodo: ZenodoParams | None = None
+
+    @classmethod
+    def parse(cls, values: Any, dataset: str, sources: Collection[str] = ("synthetic", "folder", "zenodo")) -> "DataParams":
+        data = checks.mapping("", values)
+        source = checks.choice("source", data.get("source"), sources)
+        folds = checks.integer("folds", data.get("folds"), 2, 100)
+        intensities = checks.items("intensities", data.get("intensities"), _ratio, same=_percent)
+        if 1.0 not in intensities:
+            raise ParamError("intensities", f"must include the reference exposure 1.0, got {data.get('intensities')!r}")
+        mine = checks.mapping(dataset, data.get(dataset))
+        count = checks.integer(f"{dataset}.count", mine.get("count"), folds if source == "synthetic" else 0)
+        tile = checks.integer(f"{dataset}.tile", mine.get("tile"), 16, 4096)
+        if tile % 2:
+            raise ParamError(f"{dataset}.tile", f"must be even (whole RGGB cells), got {tile}")
+        path = None
+        if source == "folder":
+            path = checks.text(f"{dataset}.path", mine.get("path"), "the folder to read (data.source: folder)")
+        zenodo = None
+        if source == "zenodo":
+            try:
+                zenodo = ZenodoParams.parse(data.get("zenodo"))
+            except ParamError as e:
+                raise e.under("zenodo") from None
+        return cls(dataset=dataset, source=source, folds=folds, intensities=tuple(sorted(intensities)), count=count,
+                   tile=tile, optics=mine.get("optics", "matched"), path=path, classes=mine.get("classes"),
+                   zenodo=zenodo)
+
+
+def data_params(params: dict, dataset: str, source: str = "params.yaml") -> DataParams:
+    """``data.{source, folds, intensities}``, ``data.<dataset>`` and, for the zenodo source, ``data.zenodo``."""
+    return section(params, "data", DataParams.parse, check_dataset(dataset), SOURCES, source=source)
+
+
+def int_param(params: dict, dotted: str, low: int | None = None, high: int | None = None,
+              source: str = "params.yaml") -> int:
+    """An integer param within [low, high] (either bound None: open) of the file ``source``."""
+    with sourced("", source):
+        return checks.integer(dotted, get(params, dotted, source), low, high)
+
+
+# --- train -----------------------------------------------------------------------------------------------------------
+
+def task_params(params: dict, dataset: str, task_config: Callable[[str, dict], Any], source: str = "params.yaml"):
     """``train.<dataset>`` as a TaskConfig, without per-view overrides (drift optimization).
 
     ``task_config`` is :func:`rawdrift.tasks.task_config`, passed in by the caller so that
     reading params does not import the task models (see the module docstring)."""
-    base = get(params, f"train.{dataset}")
-    if not isinstance(base, dict):
-        raise RawdriftError(f"params.yaml: train.{dataset} must be a mapping")
-    return task_config(dataset, base, f"train.{dataset}")
+    return section(params, f"train.{dataset}", lambda values: task_config(dataset, checks.mapping("", values)),
+                   source=source)
 
 
-def train_config(params: dict, dataset: str, view: str, task_config: Callable[[str, dict, str], Any]):
+def train_config(params: dict, dataset: str, view: str, task_config: Callable[[str, dict], Any]):
     """``train.<dataset>`` with the per-view overrides ``train.views.<dataset>-<view>`` applied,
-    built by ``task_config`` (:func:`rawdrift.tasks.task_config`)."""
+    built by ``task_config`` (:func:`rawdrift.tasks.task_config`); errors name the override
+    when there is one."""
     base = get(params, f"train.{dataset}")
-    override = get(params, f"train.views.{dataset}-{view}") or {}
-    if not isinstance(base, dict) or not isinstance(override, dict):
-        raise RawdriftError(f"params.yaml: train.{dataset} and train.views.{dataset}-{view} must be mappings")
-    where = f"train.views.{dataset}-{view}" if override else f"train.{dataset}"
-    return task_config(dataset, {**base, **override}, where)
+    override = get(params, f"train.views.{dataset}-{view}")
+    with sourced():
+        base = checks.mapping(f"train.{dataset}", base)
+        override = checks.mapping(f"train.views.{dataset}-{view}", override)
+    with sourced(f"train.views.{dataset}-{view}" if override else f"train.{dataset}"):
+        return task_config(dataset, {**base, **override})
 
 
-def corruption_params(params: dict, known: Collection[str]) -> dict:
-    """``corruptions.{names, severities, reference_tile, summary_severity}``, validated;
-    ``known``: the corruption names (:data:`rawdrift.corruptions.CORRUPTIONS`)."""
-    CORRUPTIONS = tuple(known)
-    names = get(params, "corruptions.names")
-    if not isinstance(names, list) or not names:
-        raise RawdriftError("params.yaml: corruptions.names must be a non-empty list")
-    for n in names:
-        if n not in CORRUPTIONS:
-            raise RawdriftError(f"params.yaml: corruptions.names: unknown corruption {n!r}; "
-                                f"expected some of {', '.join(CORRUPTIONS)}")
-    if len(set(names)) != len(names):
-        raise RawdriftError("params.yaml: corruptions.names lists a corruption twice")
-    sev = get(params, "corruptions.severities")
-    if not isinstance(sev, list) or not sev:
-        raise RawdriftError("params.yaml: corruptions.severities must be a non-empty list of integers in 1..5")
-    for s in sev:
-        if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 5:
-            raise RawdriftError(f"params.yaml: corruptions.severities entries must be integers in 1..5, got {s!r}")
-    if len(set(sev)) != len(sev):
-        raise RawdriftError("params.yaml: corruptions.severities lists a severity twice")
-    summary_severity = int_param(params, "corruptions.summary_severity", 1, 5)
-    if summary_severity not in sev:
-        raise RawdriftError(f"params.yaml: corruptions.summary_severity {summary_severity} is not one of "
-                            f"corruptions.severities {sev}")
-    return {"names": list(names), "severities": sorted(sev), "summary_severity": summary_severity,
-            "reference_tile": int_param(params, "corruptions.reference_tile", 1)}
+# --- corruptions -----------------------------------------------------------------------------------------------------
+
+def _severity(key: str, value: Any) -> int:
+    return checks.integer(key, value, 1, 5)
 
 
-def _number_list(params: dict, dotted: str) -> list:
-    value = get(params, dotted)
-    return list(value) if isinstance(value, list) else [value]
+@dataclass(frozen=True)
+class CorruptionParams:
+    """``corruptions``: names (distinct, known), severities (distinct, 1..5, sorted),
+    summary_severity (one of them), reference_tile (px, >= 1)."""
+
+    names: list[str]
+    severities: list[int]
+    summary_severity: int
+    reference_tile: int
+
+    @classmethod
+    def parse(cls, values: Any, known: Collection[str]) -> "CorruptionParams":
+        c = checks.mapping("", values)
+        names = checks.items("names", c.get("names"), lambda k, v: checks.choice(k, v, tuple(known)))
+        severities = sorted(checks.items("severities", c.get("severities"), _severity))
+        summary = checks.integer("summary_severity", c.get("summary_severity"), 1, 5)
+        if summary not in severities:
+            raise ParamError("summary_severity", f"must be one of the severities {severities}, got {summary}")
+        return cls(names=names, severities=severities, summary_severity=summary,
+                   reference_tile=checks.integer("reference_tile", c.get("reference_tile"), 1))
 
 
-def forensics_params(params: dict, searches: Collection[str], regularisers: Collection[str]) -> dict:
-    """``forensics.*``: lambda (one value or a list), parameters (searches), epochs, lr,
-    batch_size, search_tiles, regulariser, tolerance; validated, errors name the param.
-    ``searches`` / ``regularisers``: :data:`rawdrift.forensics.SEARCHES` / ``REGULARISERS``."""
-    SEARCHES, REGULARISERS = tuple(searches), tuple(regularisers)
-    lambdas = _number_list(params, "forensics.lambda")
-    if not lambdas:
-        raise RawdriftError("params.yaml: forensics.lambda must be a number >= 0 or a non-empty list of them")
-    for v in lambdas:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0) or v == float("inf"):
-            raise RawdriftError(f"params.yaml: forensics.lambda values must be finite numbers >= 0, got {v!r}")
-    if len(set(float(v) for v in lambdas)) != len(lambdas):
-        raise RawdriftError("params.yaml: forensics.lambda lists a value twice")
-    groups = _number_list(params, "forensics.parameters")
-    for g in groups:
-        if g not in SEARCHES:
-            raise RawdriftError(f"params.yaml: forensics.parameters: unknown group {g!r}; expected some of "
-                                f"{', '.join(SEARCHES)}")
-    if not groups or len(set(groups)) != len(groups):
-        raise RawdriftError("params.yaml: forensics.parameters must list each group at most once, and at least one")
-    lr = get(params, "forensics.lr")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise RawdriftError(f"params.yaml: forensics.lr must be a number > 0, got {lr!r}")
-    tol = get(params, "forensics.tolerance")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol <= 1:
-        raise RawdriftError(f"params.yaml: forensics.tolerance must be a number in [0, 1], got {tol!r}")
-    reg = get(params, "forensics.regulariser")
-    if reg not in REGULARISERS:
-        raise RawdriftError(f"params.yaml: forensics.regulariser must be one of {', '.join(REGULARISERS)}, got {reg!r}")
-    return {"lambdas": sorted((float(v) for v in lambdas), reverse=True), "groups": groups,
-            "epochs": int_param(params, "forensics.epochs", 1), "lr": float(lr),
-            "batch_size": int_param(params, "forensics.batch_size", 1),
-            "search_tiles": int_param(params, "forensics.search_tiles", 0),
-            "regulariser": reg, "tolerance": float(tol)}
+def corruption_params(params: dict, known: Collection[str], source: str = "params.yaml") -> CorruptionParams:
+    """``corruptions``; ``known``: the corruption names (:data:`rawdrift.corruptions.CORRUPTIONS`)."""
+    return section(params, "corruptions", CorruptionParams.parse, known, source=source)
 
 
-def optimize_params(params: dict, dataset: str, modes: Collection[str]) -> dict:
-    """``optimize.{modes, intensities, isp_lr}`` and ``optimize.<dataset>.{epochs, eval_every}``,
-    validated; errors name the param. Whether the data holds those exposures is the stage's check.
-    ``modes``: :data:`rawdrift.optimization.MODES`."""
-    MODES = tuple(modes)
-    modes = _number_list(params, "optimize.modes")
-    for m in modes:
-        if m not in MODES:
-            raise RawdriftError(f"params.yaml: optimize.modes: unknown mode {m!r}; expected some of {', '.join(MODES)}")
-    if not modes or len(set(modes)) != len(modes):
-        raise RawdriftError("params.yaml: optimize.modes must list each mode at most once, and at least one")
-    values = _number_list(params, "optimize.intensities")
-    intensities = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < float(v) <= 1:
-            raise RawdriftError(f"params.yaml: optimize.intensities entries must lie in (0, 1], got {v!r}")
-        intensities.append(float(v))
-    if not intensities or len(set(round(v * 100) for v in intensities)) != len(intensities):
-        raise RawdriftError("params.yaml: optimize.intensities must be a non-empty list of distinct ratios")
-    lr = get(params, "optimize.isp_lr")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise RawdriftError(f"params.yaml: optimize.isp_lr must be a number > 0, got {lr!r}")
-    return {"modes": modes, "intensities": sorted(intensities), "isp_lr": float(lr),
-            "epochs": int_param(params, f"optimize.{dataset}.epochs", 1),
-            "eval_every": int_param(params, f"optimize.{dataset}.eval_every", 1)}
+# --- forensics -------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ForensicsParams:
+    """``forensics``: lambda (one value or a list, finite, >= 0, distinct; here largest first as
+    ``lambdas``), parameters (searched groups, distinct; ``groups``), epochs, lr (> 0),
+    batch_size, search_tiles (0 = all), regulariser, tolerance (in [0, 1])."""
+
+    lambdas: list[float]
+    groups: list[str]
+    epochs: int
+    lr: float
+    batch_size: int
+    search_tiles: int
+    regulariser: str
+    tolerance: float
+
+    @classmethod
+    def parse(cls, values: Any, searches: Collection[str], regularisers: Collection[str]) -> "ForensicsParams":
+        f = checks.mapping("", values)
+        lambdas = checks.items("lambda", f.get("lambda"), lambda k, v: checks.number(k, v, 0), scalar=True)
+        groups = checks.items("parameters", f.get("parameters"), lambda k, v: checks.choice(k, v, tuple(searches)),
+                              scalar=True)
+        return cls(lambdas=sorted(lambdas, reverse=True), groups=groups,
+                   epochs=checks.integer("epochs", f.get("epochs"), 1),
+                   lr=checks.number("lr", f.get("lr"), 0, above=True),
+                   batch_size=checks.integer("batch_size", f.get("batch_size"), 1),
+                   search_tiles=checks.integer("search_tiles", f.get("search_tiles"), 0),
+                   regulariser=checks.choice("regulariser", f.get("regulariser"), tuple(regularisers)),
+                   tolerance=checks.number("tolerance", f.get("tolerance"), 0, 1))
 
 
-def zenodo_params(params: dict) -> dict:
-    """``data.zenodo.{record, api, downloads, max_extract_gb, retries}`` (the ``zenodo`` source)."""
-    z = get(params, "data.zenodo")
-    if not isinstance(z, dict):
-        raise RawdriftError("params.yaml: data.zenodo must be a mapping")
-    api = z.get("api")
-    if not isinstance(api, str) or not api.startswith(("http://", "https://")):
-        raise RawdriftError(f"params.yaml: data.zenodo.api must be an http(s) URL, got {api!r}")
-    downloads = z.get("downloads")
-    if not isinstance(downloads, str) or not downloads:
-        raise RawdriftError(f"params.yaml: data.zenodo.downloads must name a folder, got {downloads!r}")
-    gb = z.get("max_extract_gb")
-    if isinstance(gb, bool) or not isinstance(gb, (int, float)) or not gb > 0:
-        raise RawdriftError(f"params.yaml: data.zenodo.max_extract_gb must be a number > 0, got {gb!r}")
-    return {"record": int_param(params, "data.zenodo.record", 1), "api": api, "downloads": downloads,
-            "max_bytes": int(gb * (1 << 30)), "retries": int_param(params, "data.zenodo.retries", 0, 100)}
+def forensics_params(params: dict, searches: Collection[str], regularisers: Collection[str],
+                     source: str = "params.yaml") -> ForensicsParams:
+    """``forensics``; ``searches`` / ``regularisers``: :data:`rawdrift.forensics.SEARCHES` / ``REGULARISERS``."""
+    return section(params, "forensics", ForensicsParams.parse, searches, regularisers, source=source)
+
+
+# --- optimize --------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OptimizeParams:
+    """``optimize.{modes, intensities, isp_lr}`` and ``optimize.<dataset>.{epochs, eval_every}``.
+    Whether the data holds those exposures is the stage's check."""
+
+    modes: list[str]
+    intensities: list[float]
+    isp_lr: float
+    epochs: int
+    eval_every: int
+
+    @classmethod
+    def parse(cls, values: Any, dataset: str, modes: Collection[str]) -> "OptimizeParams":
+        o = checks.mapping("", values)
+        mine = checks.mapping(dataset, o.get(dataset))
+        return cls(modes=checks.items("modes", o.get("modes"), lambda k, v: checks.choice(k, v, tuple(modes)),
+                                      scalar=True),
+                   intensities=sorted(checks.items("intensities", o.get("intensities"), _ratio, scalar=True,
+                                                   same=_percent)),
+                   isp_lr=checks.number("isp_lr", o.get("isp_lr"), 0, above=True),
+                   epochs=checks.integer(f"{dataset}.epochs", mine.get("epochs"), 1),
+                   eval_every=checks.integer(f"{dataset}.eval_every", mine.get("eval_every"), 1))
+
+
+def optimize_params(params: dict, dataset: str, modes: Collection[str], source: str = "params.yaml") -> OptimizeParams:
+    """``optimize`` for ``dataset``; ``modes``: :data:`rawdrift.optimization.MODES`."""
+    return section(params, "optimize", OptimizeParams.parse, check_dataset(dataset), modes, source=source)

@@ -1,4 +1,12 @@
-"""Figures and tables."""
+"""Figures and tables.
+
+Tables are pandas frames: a matrix (train view x test view or corruption) is a DataFrame
+labelled by its rows and columns, rankings are its sorts and ranks, the training curves a
+long-format frame, and CSV files are written from frames. Averages over a matrix row, over
+folds or over steps are numpy's reductions of the frame's values in row-major order
+(:func:`values`): pandas sums an axis of a frame in another order, and so does numpy over a
+frame's column-major ``to_numpy()``, which would move the last bit of the published numbers.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +14,11 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
 from rawdrift.camera import RAW_SCALE
-from rawdrift.io import save_figure
+from rawdrift.errors import RawdriftError
+from rawdrift.io import atomic_file, save_figure
 from rawdrift.isp.static import VIEWS, render_static
 from rawdrift.sources.store import RawDataset, load_view
 
@@ -199,7 +209,7 @@ def optimization_figure(summary: dict, tiles: dict, out: str | Path, title: str)
     """Figure 7: per intensity (rows), one tile through the frozen and the learned data model,
     and the held-out metric over optimisation steps (mean over folds, std band) of every mode.
 
-    summary: :func:`rawdrift.optimization.summarise` output; tiles: {intensity: {"frozen": (3, H, W),
+    summary: :func:`optimization_summary` output; tiles: {intensity: {"frozen": (3, H, W),
     "learned": (3, H, W)}} in [0, 1] (either may be missing).
     """
     by_intensity: dict[float, list] = {}
@@ -234,3 +244,136 @@ def optimization_figure(summary: dict, tiles: dict, out: str | Path, title: str)
     fig.tight_layout()
     save_figure(fig, out, dpi=80)
     plt.close(fig)
+
+
+# --- Tables ----------------------------------------------------------------------------------------------------------
+
+#: The ranking tables of the 12 x 12 matrix (metrics/rankings.json), kept out of metrics/summary.json.
+VIEW_TABLES = ("train_view_ranking", "rank_per_test_view", "best_train_view_per_test_view")
+#: The ranking tables of a corruption matrix at one severity.
+CORRUPTION_TABLES = ("train_view_ranking", "rank_per_column", "best_train_view_per_column")
+
+
+def matrix_frame(mean, rows, columns) -> pd.DataFrame:
+    """A (rows x columns) matrix of scores as a float64 DataFrame labelled by its rows and columns."""
+    return pd.DataFrame(np.asarray(mean, dtype=np.float64), index=list(rows), columns=list(columns))
+
+
+def values(frame: pd.DataFrame) -> np.ndarray:
+    """A frame's values as a row-major (C-contiguous) array, the order the matrices are given
+    in (``to_numpy()`` of a frame is column-major: numpy would sum its rows in another order)."""
+    return np.ascontiguousarray(frame.to_numpy())
+
+
+def row_averages(matrix: pd.DataFrame) -> pd.Series:
+    """Each row's average over the columns (numpy's row means, see the module docstring)."""
+    return pd.Series(values(matrix).mean(1), index=matrix.index)
+
+
+def ranking(matrix: pd.DataFrame) -> list[dict]:
+    """Rows by their average over the columns, best first, ties in row order:
+    ``[{"view": row, "average": value}, ...]`` (paper tables 5, 7, 9)."""
+    averages = row_averages(matrix).sort_values(ascending=False, kind="stable")
+    return [{"view": row, "average": float(value)} for row, value in averages.items()]
+
+
+def rank_per_column(matrix: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """``{column: {row: rank}}``, 1 = the column's best row, ties ranked in row order (paper
+    tables 6, 8; the bracketed ranks of figures 4, 5)."""
+    return (-matrix).rank(axis=0, method="first").astype(int).to_dict()
+
+
+def best_row_per_column(matrix: pd.DataFrame) -> dict[str, str]:
+    """``{column: the first row with the column's best value}``."""
+    return matrix.idxmax(axis=0).to_dict()
+
+
+def best_rows_per_column(matrix: pd.DataFrame) -> dict[str, list[str]]:
+    """``{column: [every row with the column's best value]}``: several when they tie, none when
+    the whole column ties (e.g. a corruption every model fails completely)."""
+    return {c: (list(col.index[col == col.max()]) if col.max() > col.min() else []) for c, col in matrix.items()}
+
+
+def write_csv(frame: pd.DataFrame, path: str | Path, float_format: str | None = None) -> None:
+    """``frame`` as CSV without its index, as Python's csv module writes it (CRLF line ends,
+    minimal quoting; floats as ``repr`` or ``float_format``), atomically."""
+    with atomic_file(path, suffix=".csv") as tmp:
+        frame.to_csv(tmp, index=False, lineterminator="\r\n", float_format=float_format)
+
+
+def matrix_table(result: dict) -> pd.DataFrame:
+    """The crosseval matrix in long format: one row per (train view, test view), in the
+    matrix's order (row by row), with the mean and std over folds."""
+    views = result["views"]
+    cells = pd.DataFrame({result["metric"]: matrix_frame(result["mean"], views, views).stack(),
+                          "std": matrix_frame(result["std"], views, views).stack()})
+    return cells.rename_axis(["train_view", "test_view"]).reset_index()
+
+
+def write_matrix_csv(result: dict, path: str | Path) -> None:
+    """:func:`matrix_table` as ``plots/crosseval/<dataset>.csv`` (6 significant digits), atomically:
+    ``dvc plots`` draws it with the ``matrix`` template and compares it with ``dvc plots diff``."""
+    write_csv(matrix_table(result), path, float_format="%.6g")
+
+
+def curve_table(results: dict, metric: str) -> pd.DataFrame:
+    """Drift optimization's validations in long format, one row per setting, fold and
+    validation: ``step, setting, fold, <metric>`` (figure 7's bands; ``plots/optimize/<dataset>/curves.csv``).
+
+    ``results``: {setting name: [:class:`rawdrift.optimization.JointFold` per fold]}.
+    """
+    rows = [(step, name, f.fold, value) for name, folds in results.items() for f in folds
+            for step, value in zip(f.steps, f.val_metric)]
+    return pd.DataFrame(rows, columns=["step", "setting", "fold", metric])
+
+
+def _mean_std(values: pd.Series) -> dict:
+    """Mean and sample std (ddof 1; 0.0 for a single value) of a Series (pandas' 1-D reductions
+    are numpy's)."""
+    return {"mean": float(values.mean()), "std": float(values.std()) if len(values) > 1 else 0.0}
+
+
+def optimization_summary(results: dict, metric: str) -> dict:
+    """The metrics of ``metrics/optimize/<dataset>.json`` from every setting's folds.
+
+    Per setting: ``table`` (paper table 2: mean and std of the held-out metric over folds and
+    steps), ``final`` (mean and std over folds of the last value, and per fold) and ``curve``
+    (per step: mean and std over folds, the lines and bands of figure 7). Folds of a setting
+    must have been validated at the same steps.
+    """
+    out: dict = {"metric": metric, "settings": {}}
+    for name, folds in results.items():
+        steps = folds[0].steps
+        if any(f.steps != steps for f in folds):
+            raise RawdriftError(f"{name}: folds were validated at different steps")
+        wide = pd.DataFrame([f.val_metric for f in folds], index=[f.fold for f in folds], columns=steps,
+                            dtype=np.float64)                     # folds x validations
+        v = values(wide)
+        out["settings"][name] = {
+            "mode": folds[0].mode, "intensity": folds[0].intensity, "folds": len(folds), "steps": steps[-1],
+            "table": _mean_std(pd.Series(v.ravel())),
+            "final": {**_mean_std(wide.iloc[:, -1]), "per_fold": wide.iloc[:, -1].tolist()},
+            "curve": {"step": list(steps), "mean": v.mean(0).tolist(),
+                      "std": (v.std(0, ddof=1) if len(folds) > 1 else np.zeros(len(steps))).tolist()},
+        }
+    return out
+
+
+def summary_tables(head: dict, per_severity: dict[str, dict], severity: int) -> tuple[dict, dict]:
+    """One dataset's entries of ``metrics/summary.json`` and ``metrics/rankings.json``.
+
+    ``head``: :func:`rawdrift.crosseval.headline`; ``per_severity``: {severity:
+    :func:`rawdrift.corruptions.corruption_headline`}, ``severity`` among them (the comparison).
+    The summary keeps the figures (and the top 3 train views), the rankings the tables.
+    """
+    chead = per_severity[str(severity)]
+    summary = {
+        "drift_synthesis": {k: v for k, v in head.items() if k not in VIEW_TABLES}
+        | {"top3_train_views": [r["view"] for r in head["train_view_ranking"][:3]]},
+        "corruptions": {k: v for k, v in chead.items() if k not in CORRUPTION_TABLES}
+        | {"per_severity": {s: {k: h[k] for k in ("corrupted_mean", "corruption_drop", "ratio")}
+                            for s, h in per_severity.items()}},
+    }
+    rankings = {"drift_synthesis": {t: head[t] for t in VIEW_TABLES},
+                "corruptions": {t: chead[t] for t in CORRUPTION_TABLES}}
+    return summary, rankings

@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rawdrift import checks
 from rawdrift.camera import RAW_SCALE
 from rawdrift.corruptions import corrupt, corruption_seed
-from rawdrift.errors import RawdriftError
+from rawdrift.errors import ParamError, RawdriftError
 from rawdrift.isp.batched import render_batch
 from rawdrift.sources import synthetic
 from rawdrift.sources.store import load_raw_dataset, load_targets, view_to_uint16
@@ -67,25 +68,20 @@ class StudyPoint:
 POINT_KEYS = {"dataset", "tile", "label", "optics", "epochs"}
 
 
-def check_point(spec: dict, where: str) -> dict:
-    """Validate one point's settings: dataset, even tile >= 16, optional optics, epochs >= 1, label."""
+def check_point(spec: dict) -> dict:
+    """Validate one point's settings: dataset, even tile >= 16, optional optics (microscopy),
+    epochs >= 1, label. Errors name the key (``tile: ...``); the stage adds the point and file."""
     from rawdrift.sources.microscopy import OPTICS
-    if not isinstance(spec, dict):
-        raise RawdriftError(f"{where} must be a mapping")
-    unknown = set(spec) - POINT_KEYS
-    if unknown:
-        raise RawdriftError(f"{where}: unknown key(s) {sorted(unknown)}; expected some of {sorted(POINT_KEYS)}")
-    if spec.get("dataset") not in PAPER:
-        raise RawdriftError(f"{where}.dataset must be one of {', '.join(PAPER)}, got {spec.get('dataset')!r}")
-    tile = spec.get("tile")
-    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 16 or tile % 2:
-        raise RawdriftError(f"{where}.tile must be an even integer >= 16, got {tile!r}")
-    if "optics" in spec and (spec["dataset"] != "microscopy" or spec["optics"] not in OPTICS):
-        raise RawdriftError(f"{where}.optics must be one of {', '.join(OPTICS)} (microscopy only), "
-                            f"got {spec['optics']!r}")
-    epochs = spec.get("epochs", 1)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise RawdriftError(f"{where}.epochs must be an integer >= 1, got {epochs!r}")
+    checks.mapping("", spec, sorted(POINT_KEYS))
+    dataset = checks.choice("dataset", spec.get("dataset"), tuple(PAPER))
+    tile = checks.integer("tile", spec.get("tile"), 16)
+    if tile % 2:
+        raise ParamError("tile", f"must be even, got {tile}")
+    if "optics" in spec:
+        if dataset != "microscopy":
+            raise ParamError("optics", f"applies to microscopy only, got {spec['optics']!r} for {dataset}")
+        checks.choice("optics", spec["optics"], OPTICS)
+    checks.integer("epochs", spec.get("epochs", 1), 1)
     return spec
 
 

@@ -25,20 +25,21 @@ def main(argv: list[str]) -> str:
     dataset = dataset_arg(argv, "corruptions.py")
     params = P.load_params()
     cp = P.corruption_params(params, CORRUPTIONS)
-    seed = P.int_param(params, "seed", 0)
-    device = resolve_device(P.get(params, "device"))
-    amp = resolve_precision(P.get(params, "precision"), device)
+    seed = P.seed(params)
+    with P.sourced():             # resolve_* name the value; params.yaml is where it came from
+        device = resolve_device(P.get(params, "device"))
+        amp = resolve_precision(P.get(params, "precision"), device)
     ds = load_raw_dataset(Path("data/raw") / dataset)
-    scale = int(ds.meta["width"]) / cp["reference_tile"]     # same field of view, larger pixels
+    scale = int(ds.meta["width"]) / cp.reference_tile     # same field of view, larger pixels
     result = corruption_eval(Path("models") / dataset, Path("data/views") / dataset, load_targets(ds), ds.folds,
-                             ds.task, device, cp["names"], cp["severities"], seed=seed, scale=scale, amp=amp)
+                             ds.task, device, cp.names, cp.severities, seed=seed, scale=scale, amp=amp)
     write_json(Path("metrics/corruptions") / f"{dataset}.json", result)
     corruption_heatmaps(result, Path("plots/corruptions") / f"{dataset}.png",
                         f"{dataset}: train view x corruption of its held-out tiles, {result['metric']} "
                         f"(* best train view per column; pixel constants x {scale:.3g})")
-    s = str(cp["summary_severity"])
+    s = str(cp.summary_severity)
     m = np.asarray(result["severity"][s]["mean"])
-    return (f"corruptions@{dataset}: {len(cp['names'])} corruptions x {len(cp['severities'])} severities x "
+    return (f"corruptions@{dataset}: {len(cp.names)} corruptions x {len(cp.severities)} severities x "
             f"{result['folds']} folds; severity {s}: {result['metric']} {m[:, 0].mean():.3f} -> {m[:, 1:].mean():.3f}")
 
 

@@ -14,18 +14,19 @@ import numpy as np
 
 from rawdrift import params as P
 from rawdrift.io import write_json
-from rawdrift.reports import crosseval_heatmap, pair_figure
+from rawdrift.reports import crosseval_heatmap, pair_figure, write_matrix_csv
 from rawdrift.sources.store import load_raw_dataset, load_targets, load_view
 from rawdrift.runtime import resolve_device, resolve_precision
 from rawdrift.cli import dataset_arg, run
-from rawdrift.crosseval import crosseval, headline, write_matrix_csv
+from rawdrift.crosseval import crosseval, headline
 
 
 def main(argv: list[str]) -> str:
     dataset = dataset_arg(argv, "crosseval.py")
     params = P.load_params()
-    device = resolve_device(P.get(params, "device"))
-    amp = resolve_precision(P.get(params, "precision"), device)
+    with P.sourced():             # resolve_* name the value; params.yaml is where it came from
+        device = resolve_device(P.get(params, "device"))
+        amp = resolve_precision(P.get(params, "precision"), device)
     ds = load_raw_dataset(Path("data/raw") / dataset)
     views_dir = Path("data/views") / dataset
     result = crosseval(Path("models") / dataset, views_dir, load_targets(ds), ds.folds, ds.task, device,

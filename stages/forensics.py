@@ -37,21 +37,22 @@ def main(argv: list[str]) -> str:
     dataset = dataset_arg(argv, "forensics.py")
     params = P.load_params()
     fp = P.forensics_params(params, SEARCHES, REGULARISERS)
-    seed = P.int_param(params, "seed", 0)
-    device = resolve_device(P.get(params, "device"))
-    amp = resolve_precision(P.get(params, "precision"), device)
+    seed = P.seed(params)
+    with P.sourced():             # resolve_* name the value; params.yaml is where it came from
+        device = resolve_device(P.get(params, "device"))
+        amp = resolve_precision(P.get(params, "precision"), device)
     ds = load_raw_dataset(Path("data/raw") / dataset)
     model_dir = Path("models") / dataset / VIEW
     check_fold_counts(model_dir.parent, [VIEW], int(ds.folds.max()) + 1)
     cfg = load_fold_model(model_dir, 0).cfg
     raw = torch.from_numpy(np.asarray(ds.raw(1.0), dtype=np.float32) / np.float32(RAW_SCALE)).to(device)
     targets = load_targets(ds).to(device)
-    settings = SearchSettings(lam=0.0, epochs=fp["epochs"], lr=fp["lr"], batch_size=fp["batch_size"],
-                              regulariser=fp["regulariser"])
+    settings = SearchSettings(lam=0.0, epochs=fp.epochs, lr=fp.lr, batch_size=fp.batch_size,
+                              regulariser=fp.regulariser)
     torch.manual_seed(seed)
     result = forensics_sweep(lambda k: load_fold_model(model_dir, k, device), cfg, ds.camera, raw, targets, ds.folds,
-                             fp["lambdas"], fp["groups"], settings, search_tiles=fp["search_tiles"], seed=seed, amp=amp)
-    signature = forensic_signature(result, fp["tolerance"])
+                             fp.lambdas, fp.groups, settings, search_tiles=fp.search_tiles, seed=seed, amp=amp)
+    signature = forensic_signature(result, fp.tolerance)
     out = Path("metrics/forensics")
     write_json(out / f"{dataset}.json", result)
     write_json(out / f"{dataset}_signature.json", signature)
@@ -60,11 +61,11 @@ def main(argv: list[str]) -> str:
     write_json(HEADLINE / f"forensics_{dataset}.json", forensics_headline(dataset, signature))
     plots = Path("plots/forensics")
     forensics_figure(result, plots / f"{dataset}.png",
-                     f"{dataset}: frozen model (trained on bi,s,ga) after {fp['epochs']} epochs of search per group "
-                     f"({fp['regulariser']} regulariser, {result['folds']} folds)")
+                     f"{dataset}: frozen model (trained on bi,s,ga) after {fp.epochs} epochs of search per group "
+                     f"({fp.regulariser} regulariser, {result['folds']} folds)")
     _tiles_figure(result, ds, raw, plots / f"{dataset}_tiles.png", dataset)
     worst = min(signature["groups"].items(), key=lambda kv: kv[1]["strongest"]["metric"])
-    return (f"forensics@{dataset}: {len(fp['groups'])} groups x {len(fp['lambdas'])} lambdas x {result['folds']} folds; "
+    return (f"forensics@{dataset}: {len(fp.groups)} groups x {len(fp.lambdas)} lambdas x {result['folds']} folds; "
             f"clean {result['metric']} {result['clean']['mean']:.3f}, most harmful: {worst[0]} -> "
             f"{worst[1]['strongest']['metric']:.3f} at lambda {worst[1]['strongest']['lambda']:g}")
 

@@ -14,7 +14,6 @@ every setting in a pool of processes on the same device (same results).
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +25,13 @@ from rawdrift.errors import RawdriftError
 from rawdrift.io import atomic_dir, write_json
 from rawdrift.isp import ParametrizedISP
 from rawdrift.headline import ROOT as HEADLINE, optimize_headline
-from rawdrift.optimization import (MODES, curve_rows, isp_export, load_isp, setting_name, summarise,
-                                   train_jointly, train_settings_concurrently, with_epochs)
-from rawdrift.reports import optimization_figure
+from rawdrift.optimization import (MODES, isp_export, load_isp, setting_name, train_jointly,
+                                   train_settings_concurrently, with_epochs)
+from rawdrift.reports import curve_table, optimization_figure, optimization_summary, write_csv
 from rawdrift.runtime import resolve_device, resolve_precision
 from rawdrift.sensor import intensity_name
 from rawdrift.sources.store import load_raw_dataset, load_targets
-from rawdrift.tasks import task_config
+from rawdrift.tasks import METRIC, task_config
 from rawdrift.cli import dataset_arg, run
 
 
@@ -40,33 +39,34 @@ def main(argv: list[str]) -> str:
     dataset = dataset_arg(argv, "optimize.py")
     params = P.load_params()
     op = P.optimize_params(params, dataset, MODES)
-    cfg = with_epochs(P.task_params(params, dataset, task_config), op["epochs"])
+    cfg = with_epochs(P.task_params(params, dataset, task_config), op.epochs)
     concurrent = P.concurrent_folds()
-    seed = P.int_param(params, "seed", 0)
-    device = resolve_device(P.get(params, "device"))
-    amp = resolve_precision(P.get(params, "precision"), device)
+    seed = P.seed(params)
+    with P.sourced():             # resolve_* name the value; params.yaml is where it came from
+        device = resolve_device(P.get(params, "device"))
+        amp = resolve_precision(P.get(params, "precision"), device)
     if concurrent:
         P.warn_concurrent_on_cpu(device)
     ds = load_raw_dataset(Path("data/raw") / dataset)
-    for v in op["intensities"]:
+    for v in op.intensities:
         if not any(abs(v - f) < 1e-9 for f in ds.intensities):
             raise RawdriftError(f"params.yaml: optimize.intensities: {v:g} is not among the exposures of "
                                 f"data/raw/{dataset} ({ds.intensities}; see data.intensities)")
     targets = load_targets(ds)
     raws = {i: torch.from_numpy(np.asarray(ds.raw(i), dtype=np.float32) / np.float32(RAW_SCALE))
-            for i in op["intensities"]}
-    settings = [(mode, i, raws[i]) for i in op["intensities"] for mode in op["modes"]]
+            for i in op.intensities}
+    settings = [(mode, i, raws[i]) for i in op.intensities for mode in op.modes]
     names = [setting_name(mode, i) for mode, i, _ in settings]
     if concurrent:
         done = train_settings_concurrently(cfg, settings, targets, ds.folds, ds.camera, seed, device,
-                                           isp_lr=op["isp_lr"], eval_every=op["eval_every"], amp=amp)
+                                           isp_lr=op.isp_lr, eval_every=op.eval_every, amp=amp)
     else:
         done = [train_jointly(cfg, mode, raw, targets, ds.folds, ds.camera, seed, device, intensity=i,
-                              isp_lr=op["isp_lr"], eval_every=op["eval_every"], amp=amp,
+                              isp_lr=op.isp_lr, eval_every=op.eval_every, amp=amp,
                               desc=f"optimize {dataset} {name}") for (mode, i, raw), name in zip(settings, names)]
     results = dict(zip(names, done))
-    summary = summarise(results, cfg.task)
-    summary.update(dataset=dataset, epochs=cfg.epochs, eval_every=op["eval_every"], isp_lr=op["isp_lr"])
+    summary = optimization_summary(results, METRIC[cfg.task])
+    summary.update(dataset=dataset, epochs=cfg.epochs, eval_every=op.eval_every, isp_lr=op.isp_lr)
     metric = summary["metric"]
 
     with atomic_dir(Path("models/optimize") / dataset) as tmp:
@@ -80,9 +80,9 @@ def main(argv: list[str]) -> str:
         _write_curves(tmp, results, metric)
     write_json(Path("metrics/optimize") / f"{dataset}.json", summary)
     write_json(HEADLINE / f"optimize_{dataset}.json", optimize_headline(dataset, summary))
-    optimization_figure(summary, _tiles(ds, results, op["intensities"]), Path("plots/optimize") / f"{dataset}.png",
+    optimization_figure(summary, _tiles(ds, results, op.intensities), Path("plots/optimize") / f"{dataset}.png",
                         f"{dataset}: drift optimization (task model {cfg.arch}, {cfg.epochs} epochs, "
-                        f"{int(ds.folds.max()) + 1} folds, ISP lr {op['isp_lr']:g})")
+                        f"{int(ds.folds.max()) + 1} folds, ISP lr {op.isp_lr:g})")
     table = ", ".join(f"{n} {s['table']['mean']:.3f}+-{s['table']['std']:.3f}" for n, s in summary["settings"].items())
     return f"optimize@{dataset}: table 2 ({metric}, mean +- std over folds and steps): {table}"
 
@@ -100,11 +100,7 @@ def _write_curves(out: Path, results: dict, metric: str) -> None:
                 for f in folds:
                     live.log_metric(f"{name}/fold{f.fold}/val_{metric}", f.val_metric[j])
                 live.log_metric(f"{name}/val_{metric}", float(np.mean(values)))
-    rows = curve_rows(results, metric)
-    with open(out / "curves.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(curve_table(results, metric), out / "curves.csv")
 
 
 def _tiles(ds, results: dict, intensities: list[float]) -> dict:

@@ -23,7 +23,8 @@ def main(argv: list[str]) -> str:
     workers = P.workers()
     ds = load_raw_dataset(Path("data/raw") / dataset, verify=True)
     views_dir = Path("data/views") / dataset
-    device = resolve_device(P.get(params, "device"))
+    with P.sourced():
+        device = resolve_device(P.get(params, "device"))
     raw_path = ds.root / f"{intensity_name(1.0)}.npy"
     start = time.perf_counter()
     if device.type == "cuda":     # batched torch views, bit-identical to the CPU reference (float64)

@@ -21,13 +21,16 @@ from rawdrift.io import write_json
 from rawdrift.cli import run
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Where the points come from, as errors name it.
+STUDY = "studies/scale/params.yaml"
 
 
 def _point(study: dict, points: dict, name: str):
     from rawdrift.scale_study import StudyPoint, check_point
     if name not in points:
-        raise RawdriftError(f"studies/scale/params.yaml: no point {name!r} under points")
-    spec = check_point(points[name], f"studies/scale/params.yaml: points.{name}")
+        raise RawdriftError(f"{STUDY}: no point {name!r} under points")
+    with P.sourced(f"points.{name}", STUDY):
+        spec = check_point(points[name])
     return StudyPoint(dataset=spec["dataset"], tile=spec["tile"], label=spec.get("label", name),
                       optics=spec.get("optics", "matched"), count=study["count"][spec["dataset"]],
                       folds=study["folds"], views=tuple(study["views"]),
@@ -55,17 +58,18 @@ def main(argv: list[str]) -> str:
     local = P.load_params("params.yaml")
     study, points = P.get(local, "study"), P.get(local, "points")
     if not isinstance(points, dict) or not points:
-        raise RawdriftError("studies/scale/params.yaml: points must be a non-empty mapping of name -> settings")
+        raise RawdriftError(f"{STUDY}: points must be a non-empty mapping of name -> settings")
     root = P.load_params(ROOT / "params.yaml")
-    seed = P.int_param(root, "seed", 0)
+    seed = P.seed(root)
     cp = P.corruption_params(root, CORRUPTIONS)
-    severity = P.int_param(local, "study.severity", 1, 5)
-    device = resolve_device(P.get(root, "device"))
+    severity = P.int_param(local, "study.severity", 1, 5, source=STUDY)
+    with P.sourced():
+        device = resolve_device(P.get(root, "device"))
     jobs = []
     for name in points:
         point = _point(study, points, name)
         point = dataclasses.replace(point, seed=seed)
-        jobs.append((point, P.task_params(root, point.dataset, task_config), cp["names"], severity, cp["reference_tile"], device))
+        jobs.append((point, P.task_params(root, point.dataset, task_config), cp.names, severity, cp.reference_tile, device))
     workers = max(1, min(len(jobs), P.workers() or mp.cpu_count() or 1))
     if device.type == "cuda":
         workers = 1

@@ -17,13 +17,10 @@ from rawdrift.corruptions import CORRUPTIONS, corrupt, corruption_headline, corr
 from rawdrift.crosseval import headline
 from rawdrift.errors import RawdriftError
 from rawdrift.io import read_json, write_json
-from rawdrift.reports import comparison_figure, pair_figure
+from rawdrift.reports import comparison_figure, pair_figure, summary_tables
 from rawdrift.sources.store import load_raw_dataset, load_view
 from rawdrift.cli import run
 from rawdrift.headline import ROOT as HEADLINE, summary_headline
-
-VIEW_TABLES = ("train_view_ranking", "rank_per_test_view", "best_train_view_per_test_view")
-CORRUPTION_TABLES = ("train_view_ranking", "rank_per_column", "best_train_view_per_column")
 
 
 def comparison_tiles(dataset: str, head: dict, corr_head: dict, seed: int, reference_tile: int, out: Path) -> None:
@@ -47,8 +44,8 @@ def comparison_tiles(dataset: str, head: dict, corr_head: dict, seed: int, refer
 def main(argv: list[str]) -> str:
     params = P.load_params()
     cp = P.corruption_params(params, CORRUPTIONS)
-    seed = P.int_param(params, "seed", 0)
-    sev = cp["summary_severity"]
+    seed = P.seed(params)
+    sev = cp.summary_severity
     summary, rankings = {}, {}
     for dataset in P.DATASETS:
         cross = read_json(Path("metrics/crosseval") / f"{dataset}.json", " (run crosseval first)")
@@ -59,18 +56,10 @@ def main(argv: list[str]) -> str:
             raise RawdriftError(f"metrics/corruptions/{dataset}.json: corruptions.summary_severity {sev} was not "
                                 f"evaluated (rerun corruptions@{dataset})")
         chead = per_sev[str(sev)]
-        rankings[dataset] = {"drift_synthesis": {t: head[t] for t in VIEW_TABLES},
-                             "corruptions": {t: chead[t] for t in CORRUPTION_TABLES}}
-        summary[dataset] = {
-            "drift_synthesis": {k: v for k, v in head.items() if k not in VIEW_TABLES}
-            | {"top3_train_views": [r["view"] for r in head["train_view_ranking"][:3]]},
-            "corruptions": {k: v for k, v in chead.items() if k not in CORRUPTION_TABLES}
-            | {"per_severity": {s: {k: h[k] for k in ("corrupted_mean", "corruption_drop", "ratio")}
-                                for s, h in per_sev.items()}},
-        }
+        summary[dataset], rankings[dataset] = summary_tables(head, per_sev, sev)
         comparison_figure(cross, corr, sev, Path("plots/comparison") / f"{dataset}_matrices.png",
                           f"{dataset}: data-model drift (left) vs common corruptions (right), {cross['metric']}")
-        comparison_tiles(dataset, head, chead, seed, cp["reference_tile"],
+        comparison_tiles(dataset, head, chead, seed, cp.reference_tile,
                          Path("plots/comparison") / f"{dataset}_tiles.png")
     write_json(Path("metrics/summary.json"), summary)
     write_json(Path("metrics/rankings.json"), rankings)

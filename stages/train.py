@@ -34,9 +34,10 @@ def main(argv: list[str]) -> str:
     params = P.load_params()
     cfg = P.train_config(params, dataset, view, task_config)
     concurrent = P.concurrent_folds()
-    seed = P.int_param(params, "seed", 0)
-    device = resolve_device(P.get(params, "device"))
-    amp = resolve_precision(P.get(params, "precision"), device)
+    seed = P.seed(params)
+    with P.sourced():             # resolve_* name the value; params.yaml is where it came from
+        device = resolve_device(P.get(params, "device"))
+        amp = resolve_precision(P.get(params, "precision"), device)
     if concurrent:
         P.warn_concurrent_on_cpu(device)
     torch.manual_seed(seed)

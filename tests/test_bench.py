@@ -1,16 +1,16 @@
 """`make bench`: every measurement runs on a CPU (rates only checked to be positive: no
 timing assertions), and the paper projection counts the protocol's images exactly."""
 
-import re
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from rawdrift.bench import (PAPER_PROTOCOL, PAPER_TILES, bench_concurrent, bench_corruptions, bench_inference,
-                            bench_joint_step, bench_task, project_paper)
+from rawdrift.bench import (PAPER_PROTOCOL, PAPER_TILE, PAPER_TILES, bench_concurrent, bench_corruptions, bench_inference,
+                            bench_joint_step, bench_task, main, project_paper)
 from rawdrift.corruptions import CORRUPTIONS
+from rawdrift.profiles import load_profile
 from rawdrift.training import BN_TILES
 
 CPU = torch.device("cpu")
@@ -53,13 +53,13 @@ def test_concurrent_bench_reports_a_failing_worker():
                          processes=2, warmup=1, steps=1, n_data=16, threads=1)
 
 
-def _unit_rates(size=256):
+def _unit_rates(size=PAPER_TILE):
     return {d: {"size": size, "train": 1.0, "inference": 1.0, "joint": 1.0} for d in ("microscopy", "drone")}
 
 
 def test_projection_counts_the_protocol_images():
     p = PAPER_PROTOCOL
-    V, F, E = p["views"], p["folds"], p["epochs"]
+    V, F, E = p["views"], p["folds"], p["datasets"]["drone"]["epochs"]
     proj = project_paper(_unit_rates(), render_view_images_per_s=1.0, corruption_s_per_image=1.0)
     n = p["datasets"]["drone"]["tiles"]
     d = proj["datasets"]["drone"]
@@ -88,37 +88,47 @@ def test_projection_scales_with_rates_and_tile_size():
     saved = {d: sum(base["datasets"][d][s] - conc["datasets"][d][f"{s}_concurrent"] for s in ("train", "optimize"))
              for d in base["datasets"]}
     # 4x the rate: train and optimize save three quarters of their training-step time
-    V, F, E = PAPER_PROTOCOL["views"], PAPER_PROTOCOL["folds"], PAPER_PROTOCOL["epochs"]
+    V, F = PAPER_PROTOCOL["views"], PAPER_PROTOCOL["folds"]
+    E, E_opt = PAPER_PROTOCOL["datasets"]["drone"]["epochs"], PAPER_PROTOCOL["datasets"]["drone"]["optimize_epochs"]
     n = PAPER_PROTOCOL["datasets"]["drone"]["tiles"]
-    assert saved["drone"] == pytest.approx(0.75 * (V * E * (F - 1) * n + 2 * E * (F - 1) * n * 3))
+    assert saved["drone"] == pytest.approx(0.75 * (V * E * (F - 1) * n + 2 * E_opt * (F - 1) * n * 3))
     assert conc["total_concurrent_s"] == pytest.approx(base["total_s"] - sum(saved.values()))
-    # rates measured at 128 px stand for a quarter of the work of a 256-px image
-    half = project_paper(_unit_rates(128), 1.0, 1.0)
+    # rates measured at half the profile's tile stand for a quarter of the work of a full tile
+    half = project_paper(_unit_rates(PAPER_TILE // 2), 1.0, 1.0)
     for d in base["datasets"]:
         assert half["datasets"][d]["crosseval"] == pytest.approx(4 * base["datasets"][d]["crosseval"])
         assert half["datasets"][d]["render"] == pytest.approx(base["datasets"][d]["render"])
 
 
-def _paper_sets() -> dict:
-    text = (ROOT / "Makefile").read_text()
-    block = text[text.index("PAPER_SETS :="):text.index(".PHONY")]
-    return {k: v for k, v in re.findall(r"""-S ["']?([\w.]+)=([^'"\s\\]+)""", block)}
-
-
-def test_projection_protocol_is_the_one_make_repro_paper_runs():
-    sets, params = _paper_sets(), yaml.safe_load((ROOT / "params.yaml").read_text())
+def test_projection_protocol_is_the_paper_profile():
+    """PAPER_PROTOCOL counts what `make repro-paper` runs: profiles/paper.yaml over params.yaml."""
+    profile, params = load_profile("paper"), yaml.safe_load((ROOT / "params.yaml").read_text())
     p = PAPER_PROTOCOL
-    assert int(sets["data.folds"]) == p["folds"]
+    assert p["profile"] == "paper" and p["folds"] == profile["data"]["folds"] and p["views"] == 12
     for d, spec in p["datasets"].items():
-        assert int(sets[f"data.{d}.count"]) == spec["tiles"]
-        assert int(sets[f"data.{d}.tile"]) == 256
-        assert int(sets[f"train.{d}.epochs"]) == p["epochs"] == int(sets[f"optimize.{d}.epochs"])
-        assert int(sets[f"train.{d}.batch_size"]) == spec["batch"]
-        assert int(sets[f"optimize.{d}.eval_every"]) == spec["eval_every"]
-    assert len(sets["forensics.lambda"].strip('"[]').split(",")) == p["forensics"]["lambdas"]
-    assert len(params["forensics"]["parameters"]) == p["forensics"]["groups"]
-    assert params["forensics"]["epochs"] == p["forensics"]["epochs"]
-    assert len(params["corruptions"]["names"]) == p["corruptions"] == len(CORRUPTIONS)
-    assert len(params["corruptions"]["severities"]) == p["severities"]
-    assert len(params["optimize"]["modes"]) == p["optimize"]["modes"]
-    assert len(params["optimize"]["intensities"]) == p["optimize"]["intensities"]
+        assert spec["tiles"] == profile["data"][d]["count"] and spec["tile"] == profile["data"][d]["tile"]
+        assert spec["epochs"] == profile["train"][d]["epochs"] == spec["task"]["epochs"]
+        assert spec["batch"] == profile["train"][d]["batch_size"]
+        assert (spec["optimize_epochs"], spec["eval_every"]) == (profile["optimize"][d]["epochs"],
+                                                                 profile["optimize"][d]["eval_every"])
+        assert {k: spec["task"][k] for k in profile["train"][d]} == {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in profile["train"][d].items()}
+    assert PAPER_TILES == sum(profile["data"][d]["count"] for d in p["datasets"])
+    assert p["forensics"]["lambdas"] == len(profile["forensics"]["lambda"])
+    assert p["forensics"]["groups"] == len(params["forensics"]["parameters"])
+    assert p["forensics"]["epochs"] == params["forensics"]["epochs"]
+    assert p["corruptions"] == len(params["corruptions"]["names"]) == len(CORRUPTIONS)
+    assert p["severities"] == len(params["corruptions"]["severities"])
+    assert p["optimize"] == {"modes": len(params["optimize"]["modes"]),
+                             "intensities": len(params["optimize"]["intensities"])}
+
+
+def test_bench_cli_names_its_flags(tmp_path, capsys):
+    """The library names the value; the bench says which flag it came from (not params.yaml)."""
+    for argv, line in ((["--device", "gpu"], "error: --device: must be one of auto, cpu, cuda, got 'gpu'"),
+                       (["--device", "cpu", "--precision", "fp16"],
+                        "error: --precision: must be one of auto, fp32, bf16, got 'fp16'")):
+        with pytest.raises(SystemExit) as e:
+            main([*argv, "--out", str(tmp_path / "b")])
+        assert e.value.code == 2 and capsys.readouterr().err == line + "\n"
+    assert not (tmp_path / "b").exists()

@@ -130,14 +130,16 @@ def test_hsv_round_trip():
 
 
 @pytest.mark.parametrize("name, severity, msg", [
-    ("fog", 3, "unknown corruption 'fog'"),
-    ("contrast", 0, "severity must be an integer in 1..5, got 0"),
-    ("contrast", 6, "severity must be an integer in 1..5, got 6"),
-    ("contrast", 2.5, "severity must be an integer in 1..5, got 2.5"),
+    ("fog", 3, "corruption: must be one of gaussian_noise, "),
+    ("contrast", 0, "severity: must be an integer in [1, 5], got 0"),
+    ("contrast", 6, "severity: must be an integer in [1, 5], got 6"),
+    ("contrast", 2.5, "severity: must be an integer in [1, 5], got 2.5"),
 ])
 def test_bad_corruption_arguments(name, severity, msg):
-    with pytest.raises(RawdriftError, match=msg):
+    """The library names the argument, not a params file: the stage adds where the value came from."""
+    with pytest.raises(RawdriftError) as e:
         C.corrupt(torch.rand(1, 3, 8, 8), name, severity)
+    assert str(e.value).startswith(msg)
 
 
 def test_bad_input_shape():

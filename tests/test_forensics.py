@@ -228,20 +228,23 @@ def check_forensics(params: dict) -> dict:
 
 
 @pytest.mark.parametrize("patch, msg", [
-    ({"lambda": -1e-3}, "forensics.lambda values must be finite numbers >= 0"),
-    ({"lambda": [1e-3, "big"]}, "forensics.lambda values"),
-    ({"parameters": ["all", "saturation"]}, "unknown group 'saturation'"),
-    ({"regulariser": "l1"}, "forensics.regulariser"),
-    ({"tolerance": 2}, "forensics.tolerance"),
-    ({"epochs": 0}, "forensics.epochs"),
+    ({"lambda": -1e-3}, "forensics.lambda[0]: must be a number >= 0, got -0.001"),
+    ({"lambda": [1e-3, "big"]}, "forensics.lambda[1]: must be a number >= 0, got 'big'"),
+    ({"lambda": [1.0, float("inf")]}, "forensics.lambda[1]: must be a number >= 0, got inf"),
+    ({"lambda": [1.0, 1]}, "forensics.lambda: lists 1.0 twice"),
+    ({"parameters": ["all", "saturation"]}, "forensics.parameters[1]: must be one of all, black_level, "),
+    ({"regulariser": "l1"}, "forensics.regulariser: must be one of l2, ssim, got 'l1'"),
+    ({"tolerance": 2}, "forensics.tolerance: must be a number in [0, 1], got 2"),
+    ({"epochs": 0}, "forensics.epochs: must be an integer >= 1, got 0"),
 ])
 def test_forensics_params_reject_out_of_range_values(patch, msg):
     base = {"lambda": [1.0, 1e-3], "parameters": ["all", "gamma"], "epochs": 20, "lr": 0.01, "batch_size": 16,
             "search_tiles": 0, "regulariser": "l2", "tolerance": 0.05}
-    assert check_forensics({"forensics": base})["lambdas"] == [1.0, 1e-3]
-    assert check_forensics({"forensics": {**base, "lambda": 1e-3}})["lambdas"] == [1e-3]   # -S forensics.lambda=1e-3
-    with pytest.raises(RawdriftError, match=msg):
+    assert check_forensics({"forensics": base}).lambdas == [1.0, 1e-3]
+    assert check_forensics({"forensics": {**base, "lambda": 1e-3}}).lambdas == [1e-3]   # -S forensics.lambda=1e-3
+    with pytest.raises(RawdriftError) as e:
         check_forensics({"forensics": {**base, **patch}})
+    assert str(e.value).startswith(f"params.yaml: {msg}"), str(e.value)
 
 
 def test_searches_stepped_together_equal_searches_run_alone():

@@ -8,8 +8,9 @@ from conftest import mosaic_from_rgb, photo_raw
 from rawdrift.camera import CAMERAS
 from rawdrift.errors import RawdriftError
 from rawdrift.isp import PARAMETER_GROUPS, ParametrizedISP
-from rawdrift.optimization import (MODES, JointFold, curve_rows, isp_export, load_isp, make_front, pack_raw, setting_name,
-                                   summarise, train_jointly, train_settings_concurrently)
+from rawdrift.optimization import (MODES, JointFold, isp_export, load_isp, make_front, pack_raw, setting_name,
+                                   train_jointly, train_settings_concurrently)
+from rawdrift.reports import curve_table, optimization_summary
 from rawdrift.params import optimize_params
 from rawdrift.tasks import TaskConfig
 from rawdrift.training import train_folds
@@ -131,7 +132,7 @@ def test_raw_mode_segmentation_predicts_full_resolution_masks():
 def test_summary_table_is_mean_and_std_over_folds_and_steps():
     folds = [JointFold("learned", 0.01, k, steps=[2, 4], val_metric=v) for k, v in
              enumerate([[0.5, 0.7], [0.6, 0.8], [0.4, 0.9]])]
-    s = summarise({setting_name("learned", 0.01): folds}, "classification")
+    s = optimization_summary({setting_name("learned", 0.01): folds}, "accuracy")
     e = s["settings"]["learned_scale001"]
     values = [0.5, 0.7, 0.6, 0.8, 0.4, 0.9]
     assert s["metric"] == "accuracy" and e["steps"] == 4 and e["folds"] == 3
@@ -139,11 +140,12 @@ def test_summary_table_is_mean_and_std_over_folds_and_steps():
     assert e["table"]["std"] == pytest.approx(np.std(values, ddof=1))
     assert e["final"]["per_fold"] == [0.7, 0.8, 0.9] and e["final"]["mean"] == pytest.approx(0.8)
     assert e["curve"]["mean"] == pytest.approx([0.5, 0.8]) and e["curve"]["std"] == pytest.approx([0.1, 0.1])
-    rows = curve_rows({"learned_scale001": folds}, "accuracy")
-    assert len(rows) == 6 and rows[0] == {"step": 2, "setting": "learned_scale001", "fold": 0, "accuracy": 0.5}
+    rows = curve_table({"learned_scale001": folds}, "accuracy")
+    assert len(rows) == 6 and rows.iloc[0].to_dict() == {"step": 2, "setting": "learned_scale001", "fold": 0,
+                                                         "accuracy": 0.5}
     bad = [JointFold("raw", 1.0, 0, steps=[2], val_metric=[0.1]), JointFold("raw", 1.0, 1, steps=[3], val_metric=[0.1])]
     with pytest.raises(RawdriftError, match="different steps"):
-        summarise({"raw_scale100": bad}, "classification")
+        optimization_summary({"raw_scale100": bad}, "accuracy")
 
 
 def test_learned_isp_export_reads_back(toy):
@@ -163,15 +165,16 @@ def test_learned_isp_export_reads_back(toy):
 
 
 @pytest.mark.parametrize("patch, msg", [
-    ({"modes": ["learned", "tuned"]}, "optimize.modes: unknown mode 'tuned'"),
-    ({"intensities": [0.01, 1.5]}, "optimize.intensities entries must lie in (0, 1], got 1.5"),
-    ({"isp_lr": 0}, "optimize.isp_lr must be a number > 0, got 0"),
-    ({"microscopy": {"epochs": 0, "eval_every": 1}}, "optimize.microscopy.epochs must lie in [1, inf], got 0"),
+    ({"modes": ["learned", "tuned"]}, "optimize.modes[1]: must be one of learned, frozen, raw, got 'tuned'"),
+    ({"intensities": [0.01, 1.5]}, "optimize.intensities[1]: must be a number in (0, 1], got 1.5"),
+    ({"intensities": [0.01, 0.012]}, "optimize.intensities: lists 0.01 and 0.012, which count as the same entry"),
+    ({"isp_lr": 0}, "optimize.isp_lr: must be a number > 0, got 0"),
+    ({"microscopy": {"epochs": 0, "eval_every": 1}}, "optimize.microscopy.epochs: must be an integer >= 1, got 0"),
 ])
 def test_optimize_params_errors_name_the_param(patch, msg):
     base = {"modes": ["learned", "frozen", "raw"], "intensities": [0.01, 1.0], "isp_lr": 0.01,
             "microscopy": {"epochs": 2, "eval_every": 1}}
-    assert optimize_params({"optimize": base}, "microscopy", MODES)["intensities"] == [0.01, 1.0]
+    assert optimize_params({"optimize": base}, "microscopy", MODES).intensities == [0.01, 1.0]
     with pytest.raises(RawdriftError) as e:
         optimize_params({"optimize": {**base, **patch}}, "microscopy", MODES)
-    assert msg in str(e.value)
+    assert str(e.value) == f"params.yaml: {msg}"

@@ -30,7 +30,7 @@ def test_summarise_matches_the_pipeline_definitions():
 ])
 def test_bad_points_are_named(spec, key):
     with pytest.raises(RawdriftError, match=key):
-        check_point(spec, "points.p")
+        check_point(spec)
 
 
 def test_tiny_point_end_to_end(tmp_path):

@@ -65,6 +65,9 @@ BAD_PARAMS = [
     ({"data": {"intensities": [0.0, 1.0]}}, "data.intensities"),
     ({"data": {"source": "cloud"}}, "data.source"),
     ({"data": {"folds": 1}}, "data.folds"),
+    ({"data": {"intensities": [0.1, 0.1, 1.0]}}, "data.intensities"),
+    ({"data": {"microscopy": {"optics": "zoom"}}}, "data.microscopy.optics"),
+    ({"seed": -1}, "seed"),
 ]
 
 
@@ -83,6 +86,44 @@ def test_bad_params_fail_with_one_line_naming_the_param(tmp_path, patch, name):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and name in lines[0]
     assert not (wd / "data/raw/microscopy").exists()
+
+
+@pytest.mark.parametrize("patch, line", [
+    ({"data": {"microscopy": {"count": 2}}}, "error: params.yaml: data.microscopy.count: must be an integer >= 3, got 2"),
+    ({"data": {"microscopy": {"tile": 33}}}, "error: params.yaml: data.microscopy.tile: must be even (whole RGGB cells), "
+                                             "got 33"),
+    ({"data": {"intensities": [0.5, 1.5, 1.0]}}, "error: params.yaml: data.intensities[1]: must be a number in (0, 1], "
+                                                 "got 1.5"),
+    ({"data": {"source": "cloud"}}, "error: params.yaml: data.source: must be one of synthetic, folder, zenodo, "
+                                    "got 'cloud'"),
+    ({"data": {"microscopy": {"optics": "zoom"}}}, "error: params.yaml: data.microscopy.optics: must be one of "
+                                                   "matched, objective, got 'zoom'"),
+    ({"data": {"source": "folder"}}, "error: params.yaml: data.microscopy.path: must be the folder to read "
+                                     "(data.source: folder), got None"),
+])
+def test_param_errors_read_file_block_key_and_value(tmp_path, patch, line):
+    """The config model words the value; the stage adds the file and the block: one whole line."""
+    wd = project(tmp_path, merge(SMALL, patch))
+    r = stage(wd, "fetch.py", "microscopy")
+    assert r.returncode == 1 and r.stderr.strip() == line
+    assert not (wd / "data").exists()
+
+
+def test_device_errors_name_the_param(tmp_path):
+    """resolve_device names the value ``device``; the stage says it came from params.yaml."""
+    wd = project(tmp_path, merge(merge(SMALL, TRAIN), {"device": "gpu"}))
+    r = stage(wd, "train.py", "microscopy", "bi_s_ga")
+    assert r.returncode == 1 and r.stderr.strip() == ("error: params.yaml: device: "
+                                                      "must be one of auto, cpu, cuda, got 'gpu'")
+    wd = project(tmp_path, merge(merge(SMALL, TRAIN), {"train": {"microscopy": {"epochs": 0}}}))
+    r = stage(wd, "train.py", "microscopy", "bi_s_ga")
+    assert r.returncode == 1 and r.stderr.strip() == ("error: params.yaml: train.microscopy.epochs: "
+                                                      "must be an integer >= 1, got 0")
+    wd = project(tmp_path, merge(merge(SMALL, TRAIN), {"train": {"views": {"microscopy-bi_s_ga": {"lr": 0}}}}))
+    r = stage(wd, "train.py", "microscopy", "bi_s_ga")
+    assert r.returncode == 1 and r.stderr.strip() == ("error: params.yaml: train.views.microscopy-bi_s_ga.lr: "
+                                                      "must be a number > 0, got 0")
+    assert not (wd / "models").exists() and not (wd / "metrics").exists()
 
 
 def test_unknown_dataset_malformed_and_missing_params(tmp_path):
@@ -202,8 +243,8 @@ CORR = {"corruptions": {"names": ["gaussian_noise", "contrast"], "severities": [
 
 
 @pytest.mark.parametrize("patch, msg", [
-    ({"names": ["fog"]}, "error: params.yaml: corruptions.names: unknown corruption 'fog'"),
-    ({"severities": [3, 6]}, "error: params.yaml: corruptions.severities entries must be integers in 1..5, got 6"),
+    ({"names": ["fog"]}, "error: params.yaml: corruptions.names[0]: must be one of gaussian_noise, "),
+    ({"severities": [3, 6]}, "error: params.yaml: corruptions.severities[1]: must be an integer in [1, 5], got 6"),
 ])
 def test_corruptions_stage_rejects_bad_params(tmp_path, patch, msg):
     wd = project(tmp_path, merge(SMALL, merge(CORR, {"corruptions": patch})))
@@ -291,8 +332,8 @@ def test_forensics_stage_writes_sweep_signature_and_figures(fetched, tmp_path):
 
 
 @pytest.mark.parametrize("patch, msg", [
-    ({"lambda": [1.0, -1e-3]}, "error: params.yaml: forensics.lambda values must be finite numbers >= 0, got -0.001"),
-    ({"parameters": ["all", "hue"]}, "error: params.yaml: forensics.parameters: unknown group 'hue'"),
+    ({"lambda": [1.0, -1e-3]}, "error: params.yaml: forensics.lambda[1]: must be a number >= 0, got -0.001"),
+    ({"parameters": ["all", "hue"]}, "error: params.yaml: forensics.parameters[1]: must be one of all, "),
 ])
 def test_forensics_stage_rejects_bad_params(tmp_path, patch, msg):
     wd = project(tmp_path, merge(SMALL, merge(FORENSICS, {"forensics": patch})))
@@ -354,7 +395,7 @@ def test_optimize_stage_writes_table_curves_isps_and_figure(fetched, tmp_path, d
 @pytest.mark.parametrize("patch, msg", [
     ({"optimize": {"intensities": [0.05, 1.0]}},
      "error: params.yaml: optimize.intensities: 0.05 is not among the exposures of data/raw/microscopy"),
-    ({"optimize": {"modes": ["learned", "learned"]}}, "error: params.yaml: optimize.modes must list each mode"),
+    ({"optimize": {"modes": ["learned", "learned"]}}, "error: params.yaml: optimize.modes: lists 'learned' twice"),
 ])
 def test_optimize_stage_rejects_bad_params(fetched, tmp_path, patch, msg):
     wd = project(tmp_path, merge(merge(merge(SMALL, TRAIN), OPTIMIZE), patch))

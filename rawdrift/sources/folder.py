@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from rawdrift.camera import CAMERAS, RAW_SCALE, Camera, check_mosaic_shape
-from rawdrift.errors import RawdriftError
+from rawdrift.errors import ParamError, RawdriftError
 from rawdrift.io import atomic_dir
 from rawdrift.sources.store import write_raw_dataset
 from rawdrift.splits import stratified_folds
@@ -96,7 +96,7 @@ def discover(root: str | Path, dataset: str) -> Layout:
     """Find the raw files and annotations of ``dataset`` under ``root``; a clear error otherwise."""
     root = Path(root)
     if not root.is_dir():
-        raise RawdriftError(f"params.yaml: data.{dataset}.path: {root} is not a folder")
+        raise ParamError("path", f"{root} is not a folder")
     dirs = _intensity_dirs(root, dataset)
     raws = {r: _raw_files(d) for r, d in dirs.items()} if dirs else {1.0: _raw_files(root)}
     if not any(raws.values()):
@@ -240,7 +240,7 @@ def build(dataset: str, root: str | Path, out: str | Path, *, tile: int, count: 
         the meta dict written to meta.json.
     """
     if tile < 16 or tile % 2:
-        raise RawdriftError(f"params.yaml: data.{dataset}.tile must be even and >= 16, got {tile}")
+        raise ParamError("tile", f"must be even and >= 16, got {tile}")
     layout = discover(root, dataset)
     found = sorted(layout.raws)
     missing = [r for r in intensities if not any(abs(r - f) < 1e-9 for f in found)]

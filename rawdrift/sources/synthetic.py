@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from rawdrift import checks
 from rawdrift.camera import CAMERAS
-from rawdrift.errors import RawdriftError
+from rawdrift.errors import ParamError, RawdriftError
 from rawdrift.io import atomic_dir
 from rawdrift.sensor import SENSORS, expose
 from rawdrift.sources import drone, microscopy
@@ -83,9 +84,9 @@ def generate(dataset: str, out: str | Path, *, count: int, tile: int, folds: int
     if dataset not in CAMERAS:
         raise RawdriftError(f"unknown dataset {dataset!r}; expected one of {', '.join(CAMERAS)}")
     if count < folds:
-        raise RawdriftError(f"params.yaml: data.{dataset}.count must be >= data.folds ({folds}), got {count}")
+        raise ParamError("count", f"must be >= folds ({folds}), got {count}")
     if tile < 16 or tile % 2:
-        raise RawdriftError(f"params.yaml: data.{dataset}.tile must be even and >= 16, got {tile}")
+        raise ParamError("tile", f"must be even and >= 16, got {tile}")
     rng = np.random.default_rng([seed, _DATASET_SALT[dataset]])
     if dataset == "microscopy":
         counts = class_counts(count, microscopy.CLASS_SHARES)
@@ -95,9 +96,8 @@ def generate(dataset: str, out: str | Path, *, count: int, tile: int, folds: int
     else:
         labels = np.array([None] * count)
         classes = ["background", "car"]
-    if dataset == "microscopy" and optics not in microscopy.OPTICS:
-        raise RawdriftError(f"params.yaml: data.microscopy.optics must be one of {', '.join(microscopy.OPTICS)}, "
-                            f"got {optics!r}")
+    if dataset == "microscopy":
+        checks.choice("optics", optics, microscopy.OPTICS)
     jobs = [(dataset, seed, i, tile, labels[i], intensities, optics) for i in range(count)]
     stacks = {r: np.empty((count, tile, tile), np.uint16) for r in intensities}
     masks = np.empty((count, tile, tile), np.uint8) if dataset == "drone" else None

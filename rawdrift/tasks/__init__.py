@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rawdrift.errors import RawdriftError
+from rawdrift import checks
+from rawdrift.errors import ParamError, RawdriftError
 
 #: Initial foreground probability of the segmentation head's bias.
 FOREGROUND_PRIOR: float = 0.05
@@ -31,7 +32,7 @@ SEGMENTATION_ARCHS: tuple[str, ...] = ("unetplusplus", "unet")
 
 @dataclass
 class TaskConfig:
-    """Hyper-parameters of one task model (``train.<dataset>`` in params.yaml).
+    """Hyper-parameters of one task model: the config model's ``train.<dataset>`` section.
 
     Defaults follow the paper (Table 3, A.2); the default profile overrides some for CPU.
     """
@@ -60,32 +61,26 @@ class TaskConfig:
 _FIELDS = set(TaskConfig.__dataclass_fields__) - {"task", "extra"}
 
 
-def task_config(dataset: str, values: dict, where: str) -> TaskConfig:
-    """Build and validate a TaskConfig from a params mapping; errors name ``where.<key>``."""
+def task_config(dataset: str, values: dict) -> TaskConfig:
+    """Build and validate a TaskConfig from a params mapping (``train.<dataset>``); errors name
+    the key (``epochs: must be an integer >= 1, got 0``), the caller adds where it came from."""
     if dataset not in TASKS:
         raise RawdriftError(f"unknown dataset {dataset!r}; expected one of {', '.join(TASKS)}")
-    unknown = set(values) - _FIELDS
-    if unknown:
-        raise RawdriftError(f"params.yaml: unknown key(s) {sorted(unknown)} under {where}")
+    checks.mapping("", values, sorted(_FIELDS))
+    if "decoder_channels" in values:
+        checks.items("decoder_channels", values["decoder_channels"], lambda k, v: checks.integer(k, v, 1), same=None)
     cfg = TaskConfig(task=TASKS[dataset], **{k: (tuple(v) if k == "decoder_channels" else v) for k, v in values.items()})
     for name in ("epochs", "batch_size", "classes", "encoder_depth"):
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise RawdriftError(f"params.yaml: {where}.{name} must be an integer >= 1, got {v!r}")
-    for name in ("lr", "weight_decay"):
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (name == "lr" and v == 0):
-            raise RawdriftError(f"params.yaml: {where}.{name} must be a number > 0, got {v!r}")
-    if cfg.schedule not in ("constant", "cosine"):
-        raise RawdriftError(f"params.yaml: {where}.schedule must be constant or cosine, got {cfg.schedule!r}")
-    allowed = {"classification": ("ce",), "segmentation": ("dice", "dice_bce")}[cfg.task]
-    if cfg.loss not in allowed:
-        raise RawdriftError(f"params.yaml: {where}.loss must be one of {', '.join(allowed)}, got {cfg.loss!r}")
-    if cfg.task == "classification" and cfg.arch != "resnet18":
-        raise RawdriftError(f"params.yaml: {where}.arch must be resnet18, got {cfg.arch!r}")
-    if cfg.task == "segmentation" and cfg.arch not in SEGMENTATION_ARCHS:
-        raise RawdriftError(f"params.yaml: {where}.arch must be one of {', '.join(SEGMENTATION_ARCHS)}, "
-                            f"got {cfg.arch!r}")
+        checks.integer(name, getattr(cfg, name), 1)
+    checks.number("lr", cfg.lr, 0, above=True)
+    checks.number("weight_decay", cfg.weight_decay, 0)
+    checks.choice("schedule", cfg.schedule, ("constant", "cosine"))
+    checks.choice("loss", cfg.loss, {"classification": ("ce",), "segmentation": ("dice", "dice_bce")}[cfg.task])
+    checks.choice("arch", cfg.arch, ("resnet18",) if cfg.task == "classification" else SEGMENTATION_ARCHS)
+    checks.flag("pretrained", cfg.pretrained)
+    if cfg.task == "segmentation" and len(cfg.decoder_channels) != cfg.encoder_depth:
+        raise ParamError("decoder_channels", f"needs {cfg.encoder_depth} entries (encoder_depth), "
+                                             f"got {len(cfg.decoder_channels)}")
     return cfg
 
 
@@ -137,15 +132,15 @@ def _network(cfg: TaskConfig, in_channels: int = 3) -> nn.Module:
         return net
     import segmentation_models_pytorch as smp
     if len(cfg.decoder_channels) != cfg.encoder_depth:
-        raise RawdriftError(f"params.yaml: train.drone.decoder_channels needs {cfg.encoder_depth} entries "
-                            f"(encoder_depth), got {len(cfg.decoder_channels)}")
+        raise ParamError("decoder_channels", f"needs {cfg.encoder_depth} entries (encoder_depth), "
+                                             f"got {len(cfg.decoder_channels)}")
     try:
         net_class = smp.UnetPlusPlus if cfg.arch == "unetplusplus" else smp.Unet
         net = net_class(encoder_name=cfg.encoder, encoder_weights="imagenet" if cfg.pretrained else None,
                         encoder_depth=cfg.encoder_depth, decoder_channels=list(cfg.decoder_channels),
                         in_channels=in_channels, classes=1)
     except (KeyError, ValueError) as e:
-        raise RawdriftError(f"params.yaml: train.drone.encoder {cfg.encoder!r} not usable ({e})") from None
+        raise ParamError("encoder", f"{cfg.encoder!r} not usable ({e})") from None
     _drop_unused_encoder_stages(net.encoder, cfg.encoder_depth)
     # Start from the prior of a rare foreground (~5 % car pixels) rather than p = 0.5, so the
     # first epochs are not spent unlearning a half-car image (as for RetinaNet's classifier).
