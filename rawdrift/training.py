@@ -1,22 +1,42 @@
-"""k-fold training of task models on one view, with the data resident on the device.
+"""The fold-training engine: the k fold models of one setting, with the data resident on the device.
 
-The k fold models train in lockstep (one epoch of each fold in turn), so the per-epoch
-curves of all folds are logged at the same step. The hot loop gathers batches by index
-from the device-resident view tensor and augments them on the device with the dihedral
-group (flips and 90-degree rotations, the same transform on the mask): no per-sample Python.
-Tensors are channels_last; bf16 autocast when ``amp`` (see :mod:`rawdrift.runtime`).
+A *setting* is the stored tiles and a :class:`Front`, what turns them into the task model's
+input: the identity for the train stage (the tiles are rendered views), a differentiable ISP
+(learned with the task model, or frozen) or the packed raw mosaic for drift optimization
+(:mod:`rawdrift.optimization`). Everything else is the same for every setting: fold ``k``'s
+task model is initialised under ``torch.manual_seed(seed * 1000 + k)``, its tile order and
+augmentation come from a ``torch.Generator`` with the same seed, Adam with a constant or
+cosine schedule, batches of one sample skipped (BatchNorm needs two), held-out tiles
+evaluated with the BatchNorm statistics recalibrated first.
+
+The k folds train in lockstep (one epoch of each fold in turn), so the curves of all folds
+are logged at the same step; :func:`train_settings_in_processes` runs the same per-fold loop
+with every fold in its own process (one worker entry point, :func:`_fold_worker`), and each
+fold sees exactly what it sees in the lockstep loop. The hot loop gathers batches by index
+from the device-resident tensor and augments them on the device with the dihedral group
+(flips and 90-degree rotations, the same transform on the mask; after the front, so a flip
+never changes a Bayer phase): no per-sample Python. Tensors are channels_last; bf16 autocast
+for the task model when ``amp`` (see :mod:`rawdrift.runtime`); a front always runs in float32.
+
+Evaluation schedule: at the end of every epoch (``eval_every=None``, the train stage), or
+every ``eval_every`` optimisation steps and after the last one (optimize). Evaluating never
+changes the training itself: it only reads the weights and replaces the BatchNorm buffers,
+which training mode does not use.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from rawdrift.errors import RawdriftError
-from rawdrift.tasks import METRIC, TaskConfig, TaskModel, loss_fn, predict, score
+from rawdrift.tasks import METRIC, TaskConfig, TaskModel, in_batches, loss_fn, predict, score
 
 
 def dihedral_augment(x: torch.Tensor, y: torch.Tensor | None, generator: torch.Generator):
@@ -80,66 +100,328 @@ def optimisation_step(model: torch.nn.Module, opt: torch.optim.Optimizer, cfg: T
     return loss.detach()
 
 
+@dataclass(frozen=True)
+class Front:
+    """What turns a setting's stored tiles into the task model's input (B, C, H', W').
+
+    Attributes:
+        build: makes the front module, raw tiles (B, H, W) float32 in [0, 1] -> (B, C, H', W');
+            called once per fold when the front learns, once per setting when it is fixed.
+            None is the identity: the stored tiles (N, C, H, W) in [0, 1] are the input, in
+            their own dtype, and the input statistics are taken from them directly.
+        optimiser_groups: the Adam parameter groups of a front that learns with the task model
+            (front module -> groups with their own ``lr``); None: a fixed front, whose outputs
+            are computed once per setting.
+        record: what a fold's result keeps of its front at the end (module -> a picklable value,
+            e.g. the ISP parameters); None keeps nothing.
+        in_channels: C, the channels of the front's output (the task model's first convolution).
+        upsample: mask side / H' for segmentation: the task model's logits are upsampled
+            bilinearly by this factor (2 for the packed raw mosaic's half-resolution planes).
+    Every callable must be picklable (a module-level function or class, or a
+    ``functools.partial`` of one) for :func:`train_settings_in_processes`.
+    """
+
+    build: Callable[[], nn.Module] | None = None
+    optimiser_groups: Callable[[nn.Module], list[dict]] | None = None
+    record: Callable[[nn.Module], object] | None = None
+    in_channels: int = 3
+    upsample: int = 1
+
+    @property
+    def learns(self) -> bool:
+        """Whether the front's parameters step with the task model's."""
+        return self.optimiser_groups is not None
+
+
+#: The train stage's front: the rendered views are the task model's input.
+IDENTITY = Front()
+
+
+class Head(nn.Module):
+    """The task model, with segmentation logits (B, 1, h, w) upsampled ``scale`` x (bilinear)
+    to the mask resolution; classification logits (B, classes) pass unchanged."""
+
+    def __init__(self, task: TaskModel, scale: int = 1) -> None:
+        super().__init__()
+        self.task = task
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.task(x)
+        if self.scale != 1 and out.ndim == 4:
+            out = F.interpolate(out, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        return out
+
+
 @dataclass
 class FoldResult:
-    """One fold's trained model and its curves (per epoch)."""
+    """One fold's trained task model and its curves.
 
-    model: TaskModel
-    train_loss: list[float]
-    val_metric: list[float]
+    ``steps[j]`` optimisation steps had been taken when ``val_metric[j]`` (accuracy or IoU in
+    [0, 1]) was measured on the fold's held-out tiles; ``train_loss[j]`` is the mean training
+    loss per tile since the previous measurement (the epoch's mean when measured every epoch).
+    ``front``: the front's :attr:`Front.record` at the end, None without one. ``model`` is None
+    where it was not kept (:func:`train_settings_in_processes` with ``keep_models=False``).
+    """
+
+    model: TaskModel | None
+    train_loss: list[float] = field(default_factory=list)
+    val_metric: list[float] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    fold: int = 0
+    front: object = None
+
+
+@dataclass
+class _Setting:
+    """A setting on the device: the caller's tiles, their device copy, the targets and, for a
+    fixed front, its module and outputs (the identity's outputs are the device tiles)."""
+
+    tiles: torch.Tensor
+    x_all: torch.Tensor
+    y_all: torch.Tensor
+    front: nn.Module | None
+    fixed: torch.Tensor | None
 
 
 @dataclass
 class _Fold:
-    """What one fold carries through training: model, optimiser, schedule, random stream, tiles."""
+    """What one fold carries through training: model, front, optimiser, schedule, random stream,
+    tiles, batch starts and the running loss since the last evaluation."""
 
     k: int
-    model: TaskModel
+    net: nn.Module
+    front: nn.Module | None
+    inputs: Callable[[torch.Tensor], torch.Tensor]
     opt: torch.optim.Optimizer
     sched: object
     gen: torch.Generator
     train_idx: torch.Tensor
     test_idx: torch.Tensor
+    batches: list[int]
+    total_steps: int
     result: FoldResult
+    step: int = 0
+    loss_sum: float = 0.0
+    loss_count: int = 0
 
 
-def _new_fold(cfg: TaskConfig, views: torch.Tensor, folds: np.ndarray, k: int, seed: int,
+def _check_setting(tiles: torch.Tensor, eval_every: int | None) -> None:
+    if tiles.shape[-1] != tiles.shape[-2]:
+        raise RawdriftError(f"tiles must be square for rotation augmentation, got {tuple(tiles.shape[-2:])}")
+    if eval_every is not None and eval_every < 1:
+        raise RawdriftError(f"eval_every must be >= 1, got {eval_every}")
+
+
+def _front_tiles(tiles: torch.Tensor, front: Front) -> torch.Tensor:
+    """The tiles in the dtype the front takes: their own for the identity, float32 otherwise."""
+    return tiles if front.build is None else tiles.to(torch.float32)
+
+
+def _on_device(tiles: torch.Tensor, targets: torch.Tensor, front: Front, device: torch.device) -> _Setting:
+    """Tiles and targets moved to ``device``; a fixed front built and applied once (64 tiles at a time)."""
+    y_all = targets.to(device)
+    if front.build is None:
+        x_all = tiles.to(device).contiguous(memory_format=torch.channels_last)
+        return _Setting(tiles, x_all, y_all, None, x_all)
+    x_all = tiles.to(device, torch.float32)
+    if front.learns:
+        return _Setting(tiles, x_all, y_all, None, None)
+    module = front.build().to(device)
+    with torch.no_grad():
+        fixed = in_batches(module, x_all).contiguous(memory_format=torch.channels_last)
+    return _Setting(tiles, x_all, y_all, module, fixed)
+
+
+def _new_fold(cfg: TaskConfig, s: _Setting, front: Front, folds: np.ndarray, k: int, seed: int,
               device: torch.device) -> _Fold:
-    """Fold ``k``'s model (initialised from ``seed * 1000 + k``), optimiser and tile indices."""
+    """Fold ``k``'s task model (initialised under ``torch.manual_seed(seed * 1000 + k)``), front,
+    input statistics, optimiser, schedule, random stream and tile indices."""
     train_idx = torch.as_tensor(np.flatnonzero(folds != k), device=device)
     test_idx = torch.as_tensor(np.flatnonzero(folds == k), device=device)
     torch.manual_seed(seed * 1000 + k)
-    model = TaskModel(cfg)
-    mean, std = channel_stats(views[train_idx.cpu()])
-    model.normalize.set_stats(mean, std)
-    model = model.to(device, memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    task = TaskModel(cfg, in_channels=front.in_channels)
+    net = task if front.upsample == 1 else Head(task, scale=front.upsample)
+    if s.fixed is not None:
+        module, fixed = s.front, s.fixed
+
+        def inputs(idx: torch.Tensor) -> torch.Tensor:
+            return fixed[idx]
+    else:
+        module = front.build().to(device)
+
+        def inputs(idx: torch.Tensor) -> torch.Tensor:
+            return module(s.x_all[idx]).contiguous(memory_format=torch.channels_last)
+    if front.build is None:
+        mean, std = channel_stats(s.tiles[train_idx.cpu()])
+    else:
+        with torch.no_grad():
+            mean, std = channel_stats(in_batches(inputs, train_idx).cpu())
+    task.normalize.set_stats(mean, std)
+    net = net.to(device, memory_format=torch.channels_last)
+    groups = [{"params": list(task.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
+    if front.learns:
+        groups += front.optimiser_groups(module)
+    opt = torch.optim.Adam(groups, lr=cfg.lr)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs) if cfg.schedule == "cosine"
              else None)
     gen = torch.Generator(device=device)
     gen.manual_seed(seed * 1000 + k)
-    return _Fold(k, model, opt, sched, gen, train_idx, test_idx, FoldResult(model, [], []))
+    n = train_idx.numel()
+    batches = [i for i in range(0, n, cfg.batch_size) if min(cfg.batch_size, n - i) >= 2]   # BatchNorm needs two
+    return _Fold(k, net, module, inputs, opt, sched, gen, train_idx, test_idx, batches,
+                 cfg.epochs * len(batches), FoldResult(task, fold=k))
 
 
-def _train_epoch(f: _Fold, cfg: TaskConfig, x_all: torch.Tensor, y_all: torch.Tensor, amp: bool) -> None:
-    """One epoch of fold ``f`` (shuffled batches, dihedral augmentation), then its held-out metric."""
-    f.model.train()
-    perm = f.train_idx[torch.randperm(f.train_idx.numel(), generator=f.gen, device=x_all.device)]
-    total, count = 0.0, 0
-    for i in range(0, perm.numel(), cfg.batch_size):
+def _validate(f: _Fold, cfg: TaskConfig, y_all: torch.Tensor, amp: bool) -> float:
+    """Held-out metric of fold ``f`` through its current front (BatchNorm statistics of its
+    first :data:`BN_TILES` training tiles first)."""
+    with torch.no_grad():
+        recalibrate_batchnorm(f.net, f.inputs(f.train_idx[:BN_TILES]), max(cfg.batch_size, 32), amp=amp)
+        x_test = in_batches(f.inputs, f.test_idx)
+    pred = predict(f.net, x_test, max(cfg.batch_size, 64), amp=amp)
+    return score(cfg.task, pred, y_all[f.test_idx])
+
+
+def _evaluate(f: _Fold, cfg: TaskConfig, y_all: torch.Tensor, amp: bool) -> None:
+    """Append the step count, the mean training loss since the last evaluation and the held-out metric."""
+    f.result.steps.append(f.step)
+    f.result.train_loss.append(f.loss_sum / max(f.loss_count, 1))
+    f.result.val_metric.append(_validate(f, cfg, y_all, amp))
+    f.loss_sum, f.loss_count = 0.0, 0
+
+
+def _train_epoch(f: _Fold, cfg: TaskConfig, y_all: torch.Tensor, eval_every: int | None, amp: bool) -> None:
+    """One epoch of fold ``f``: shuffled batches through the front, dihedral augmentation, Adam
+    steps; evaluations as ``eval_every`` says (None: once, after the epoch)."""
+    perm = f.train_idx[torch.randperm(f.train_idx.numel(), generator=f.gen, device=f.train_idx.device)]
+    for i in f.batches:
+        f.net.train()
         idx = perm[i:i + cfg.batch_size]
-        if idx.numel() < 2:      # BatchNorm needs two samples
-            continue
-        xb, yb = dihedral_augment(x_all[idx], y_all[idx], f.gen)
-        loss = optimisation_step(f.model, f.opt, cfg, xb, yb, amp=amp)
-        total += float(loss.detach()) * idx.numel()
-        count += idx.numel()
+        xb, yb = dihedral_augment(f.inputs(idx), y_all[idx], f.gen)
+        loss = optimisation_step(f.net, f.opt, cfg, xb, yb, amp=amp)
+        f.step += 1
+        f.loss_sum += float(loss) * idx.numel()
+        f.loss_count += idx.numel()
+        if eval_every is not None and (f.step % eval_every == 0 or f.step == f.total_steps):
+            _evaluate(f, cfg, y_all, amp)
     if f.sched is not None:
         f.sched.step()
-    f.result.train_loss.append(total / max(count, 1))
-    recalibrate_batchnorm(f.model, x_all[f.train_idx[:BN_TILES]], max(cfg.batch_size, 32), amp=amp)
-    pred = predict(f.model, x_all[f.test_idx], max(cfg.batch_size, 64), amp=amp)
-    f.result.val_metric.append(score(cfg.task, pred, y_all[f.test_idx]))
+    if eval_every is None:
+        _evaluate(f, cfg, y_all, amp)
+
+
+def _finish(f: _Fold, front: Front) -> FoldResult:
+    """Fold ``f``'s result with its front's record."""
+    if front.record is not None and f.front is not None:
+        f.result.front = front.record(f.front)
+    return f.result
+
+
+def train_setting(cfg: TaskConfig, tiles: torch.Tensor, targets: torch.Tensor, folds: np.ndarray, seed: int,
+                  device: torch.device, *, front: Front = IDENTITY, eval_every: int | None = None,
+                  amp: bool = False, on_epoch: Callable[[int, list[FoldResult]], None] | None = None,
+                  progress: bool = True, desc: str = "train") -> list[FoldResult]:
+    """Train one task model per test fold on the other folds' tiles of one setting, in lockstep.
+
+    Args:
+        cfg: task configuration (epochs, batch size, lr, schedule, weight decay, loss).
+        tiles: what the front takes: (N, C, H, W) views in [0, 1] for :data:`IDENTITY`, (N, H, W)
+            raw tiles in [0, 1] (RGGB) for a raw front; square. Moved to ``device`` here.
+        targets: (N,) class indices or (N, H', H') uint8 masks at the front's output side x ``upsample``.
+        folds: (N,) test-fold index per tile (the fixed split assignment); k = max + 1 folds.
+        seed: fold k uses ``seed * 1000 + k`` (initial weights, tile order, augmentation).
+        device: where to train.
+        front: what turns the tiles into the task model's input (:class:`Front`).
+        eval_every: optimisation steps between two evaluations (the last step is always
+            evaluated); None: at the end of every epoch.
+        amp: bf16 autocast for the task model.
+        on_epoch: called after every epoch of all folds with the epoch index (from 0) and the
+            results so far (e.g. to log the curves).
+
+    Returns:
+        one :class:`FoldResult` per fold, in fold order.
+    """
+    _check_setting(tiles, eval_every)
+    s = _on_device(tiles, targets, front, device)
+    k_folds = int(folds.max()) + 1
+    states = [_new_fold(cfg, s, front, folds, k, seed, device) for k in range(k_folds)]
+    bar = tqdm(total=cfg.epochs * k_folds, desc=desc, unit="fold-epoch", disable=None if progress else True,
+               leave=False)
+    for epoch in range(cfg.epochs):
+        for f in states:
+            _train_epoch(f, cfg, s.y_all, eval_every, amp)
+            bar.update()
+        if on_epoch is not None:
+            on_epoch(epoch, [f.result for f in states])
+    bar.close()
+    return [_finish(f, front) for f in states]
+
+
+def _fold_worker(cfg: TaskConfig, tiles: torch.Tensor, targets: torch.Tensor, folds: np.ndarray, k: int, seed: int,
+                 device: str, front: Front, eval_every: int | None, amp: bool, threads: int,
+                 keep_model: bool) -> tuple[dict | None, FoldResult]:
+    """Fold ``k`` of one setting alone, in a worker process: the task model's weights on the
+    CPU (None unless ``keep_model``) and its result without the model."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+    dev = torch.device(device)
+    s = _on_device(tiles, targets, front, dev)
+    f = _new_fold(cfg, s, front, folds, k, seed, dev)
+    for _ in range(cfg.epochs):
+        _train_epoch(f, cfg, s.y_all, eval_every, amp)
+    result = _finish(f, front)
+    state = {n: t.detach().cpu() for n, t in result.model.state_dict().items()} if keep_model else None
+    result.model = None
+    return state, result
+
+
+def _with_model(cfg: TaskConfig, front: Front, state: dict | None, result: FoldResult,
+                device: torch.device) -> FoldResult:
+    """A worker's result with its task model rebuilt from ``state`` on ``device`` (when kept)."""
+    if state is not None:
+        with torch.device("meta"):
+            model = TaskModel(cfg, in_channels=front.in_channels)
+        model.load_state_dict(state, assign=True)
+        result.model = model.to(device, memory_format=torch.channels_last)
+    return result
+
+
+def train_settings_in_processes(cfg: TaskConfig, settings: Sequence[tuple[torch.Tensor, Front]],
+                                targets: torch.Tensor, folds: np.ndarray, seed: int, device: torch.device, *,
+                                eval_every: int | None = None, amp: bool = False, processes: int = 0,
+                                threads: int = 0, keep_models: bool = True) -> list[list[FoldResult]]:
+    """:func:`train_setting` for several (tiles, front) settings, every fold of every setting a
+    task for a pool of ``processes`` worker processes on the same device (0 = the number of folds).
+
+    Each fold sees exactly what it sees in :func:`train_setting` (its own initialisation, tile
+    order and augmentation stream, ``seed * 1000 + k``), so the models, curves and front records
+    are the same; what changes is that small-batch trainings keep one GPU busy together.
+    ``threads``: intra-op threads per worker (0 = torch's default: identical sums on a CPU
+    only where the lockstep loop has as many). The tiles and targets are moved to shared memory
+    (tiles that a front converts to float32 are copied first). ``keep_models=False`` leaves
+    every result's ``model`` None and sends no weights back.
+
+    Returns:
+        per setting, in ``settings`` order, one :class:`FoldResult` per fold in fold order.
+    """
+    import torch.multiprocessing as tmp
+    for tiles, _ in settings:
+        _check_setting(tiles, eval_every)
+    k_folds = int(folds.max()) + 1
+    targets = targets.share_memory_()
+    shared: dict[tuple[int, bool], torch.Tensor] = {}
+    for tiles, front in settings:
+        key = (id(tiles), front.build is None)
+        if key not in shared:
+            shared[key] = _front_tiles(tiles, front).share_memory_()
+    jobs = [(cfg, shared[(id(tiles), front.build is None)], targets, folds, k, seed, str(device), front, eval_every,
+             amp, threads, keep_models) for tiles, front in settings for k in range(k_folds)]
+    with tmp.get_context("spawn").Pool(processes or k_folds) as pool:
+        done = pool.starmap(_fold_worker, jobs, chunksize=1)
+    return [[_with_model(cfg, front, *done[i * k_folds + k], device) for k in range(k_folds)]
+            for i, (_, front) in enumerate(settings)]
 
 
 def _log_epoch(live, results: list[FoldResult], epoch: int, metric: str) -> None:
@@ -151,15 +433,12 @@ def _log_epoch(live, results: list[FoldResult], epoch: int, metric: str) -> None
     live.next_step()
 
 
-def _check_inputs(views: torch.Tensor) -> None:
-    if views.shape[-1] != views.shape[-2]:
-        raise RawdriftError(f"views must be square for rotation augmentation, got {tuple(views.shape[-2:])}")
-
-
 def train_folds(cfg: TaskConfig, views: torch.Tensor, targets: torch.Tensor, folds: np.ndarray, seed: int,
                 device: torch.device, live=None, progress: bool = True, desc: str = "train",
                 amp: bool | None = None) -> list[FoldResult]:
-    """Train one model per test fold on the other folds' tiles of one view.
+    """Train one model per test fold on the other folds' tiles of one view (the train stage).
+
+    :func:`train_setting` with the identity front, evaluated at the end of every epoch.
 
     Args:
         cfg: task configuration.
@@ -173,67 +452,27 @@ def train_folds(cfg: TaskConfig, views: torch.Tensor, targets: torch.Tensor, fol
             and their means over folds, one step per epoch.
 
     Returns:
-        one :class:`FoldResult` per fold, in fold order.
+        one :class:`FoldResult` per fold, in fold order (one curve value per epoch).
     """
-    _check_inputs(views)
     amp = device.type == "cuda" if amp is None else amp
-    x_all = views.to(device).contiguous(memory_format=torch.channels_last)
-    y_all = targets.to(device)
-    k_folds = int(folds.max()) + 1
-    states = [_new_fold(cfg, views, folds, k, seed, device) for k in range(k_folds)]
-    bar = tqdm(total=cfg.epochs * k_folds, desc=desc, unit="fold-epoch", disable=None if progress else True, leave=False)
-    for epoch in range(cfg.epochs):
-        for f in states:
-            _train_epoch(f, cfg, x_all, y_all, amp)
-            bar.update()
-        if live is not None:
-            _log_epoch(live, [f.result for f in states], epoch, METRIC[cfg.task])
-    bar.close()
-    return [f.result for f in states]
 
-
-def _fold_worker(cfg: TaskConfig, views: torch.Tensor, targets: torch.Tensor, folds: np.ndarray, k: int, seed: int,
-                 device: str, amp: bool, threads: int) -> tuple[dict, list[float], list[float]]:
-    """Train fold ``k`` alone (a worker process): its weights on the CPU and its curves."""
-    if threads:
-        torch.set_num_threads(threads)
-    torch.set_flush_denormal(True)
-    dev = torch.device(device)
-    x_all = views.to(dev).contiguous(memory_format=torch.channels_last)
-    y_all = targets.to(dev)
-    f = _new_fold(cfg, views, folds, k, seed, dev)
-    for _ in range(cfg.epochs):
-        _train_epoch(f, cfg, x_all, y_all, amp)
-    state = {n: t.detach().cpu() for n, t in f.model.state_dict().items()}
-    return state, f.result.train_loss, f.result.val_metric
+    def log(epoch: int, results: list[FoldResult]) -> None:
+        _log_epoch(live, results, epoch, METRIC[cfg.task])
+    return train_setting(cfg, views, targets, folds, seed, device, amp=amp, on_epoch=log if live is not None else None,
+                         progress=progress, desc=desc)
 
 
 def train_folds_concurrently(cfg: TaskConfig, views: torch.Tensor, targets: torch.Tensor, folds: np.ndarray,
                              seed: int, device: torch.device, live=None, amp: bool | None = None,
                              threads: int = 0) -> list[FoldResult]:
-    """:func:`train_folds` with every fold in its own process on the same device.
-
-    Each fold sees exactly what it sees in :func:`train_folds` (its own initialisation, tile
-    order and augmentation stream, ``seed * 1000 + k``), so the models and curves are the same;
-    what changes is that the k small-batch trainings keep one GPU busy together. ``threads``:
-    intra-op threads per process (0 = torch's default). The curves are logged to ``live``
-    after all folds are done, epoch by epoch as :func:`train_folds` logs them.
+    """:func:`train_folds` with every fold in its own process on the same device
+    (:func:`train_settings_in_processes`): the same models and curves. ``threads``: intra-op
+    threads per process (0 = torch's default). The curves are logged to ``live`` after all
+    folds are done, epoch by epoch as :func:`train_folds` logs them.
     """
-    import torch.multiprocessing as tmp
-    _check_inputs(views)
     amp = device.type == "cuda" if amp is None else amp
-    k_folds = int(folds.max()) + 1
-    ctx = tmp.get_context("spawn")
-    views, targets = views.share_memory_(), targets.share_memory_()
-    with ctx.Pool(k_folds) as pool:
-        outs = pool.starmap(_fold_worker, [(cfg, views, targets, folds, k, seed, str(device), amp, threads)
-                                            for k in range(k_folds)])
-    results = []
-    for state, losses, metrics in outs:
-        with torch.device("meta"):
-            model = TaskModel(cfg)
-        model.load_state_dict(state, assign=True)
-        results.append(FoldResult(model.to(device, memory_format=torch.channels_last), losses, metrics))
+    results = train_settings_in_processes(cfg, [(views, IDENTITY)], targets, folds, seed, device, amp=amp,
+                                          threads=threads)[0]
     if live is not None:
         for epoch in range(cfg.epochs):
             _log_epoch(live, results, epoch, METRIC[cfg.task])

@@ -103,18 +103,19 @@ def test_settings_trained_concurrently_equal_settings_trained_one_after_another(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)            # the same intra-op threads as each worker: identical float sums
     try:
-        serial = [_run(toy, mode, isp_lr=0.05, eval_every=2, intensity=0.5) for mode in ("learned", "raw")]
+        serial = [_run(toy, mode, isp_lr=0.05, eval_every=2, intensity=0.5) for mode in MODES]
     finally:
         torch.set_num_threads(threads)
-    pooled = train_settings_concurrently(cfg, [("learned", 0.5, raw), ("raw", 0.5, raw)], labels, folds, cam, seed=3,
+    pooled = train_settings_concurrently(cfg, [(mode, 0.5, raw) for mode in MODES], labels, folds, cam, seed=3,
                                          device=CPU, isp_lr=0.05, eval_every=2, processes=2, threads=1)
-    assert [[f.fold for f in s] for s in pooled] == [[0, 1, 2], [0, 1, 2]]
+    assert [[f.fold for f in s] for s in pooled] == [[0, 1, 2]] * 3
     for a, b in zip(serial, pooled):
         for fa, fb in zip(a, b):
             assert (fa.mode, fa.intensity, fa.steps) == (fb.mode, fb.intensity, fb.steps)
             assert fa.val_metric == fb.val_metric and fa.train_loss == fb.train_loss
             assert fa.isp == fb.isp
-    assert pooled[0][0].isp is not None and pooled[1][0].isp is None
+    assert pooled[0][0].isp is not None and pooled[1][0].isp == ParametrizedISP(cam).to_dict()
+    assert pooled[2][0].isp is None
 
 
 def test_raw_mode_segmentation_predicts_full_resolution_masks():

@@ -296,3 +296,69 @@ def test_folds_trained_concurrently_equal_folds_trained_in_lockstep():
     for ra, rb in zip(a, b):
         for (n, ta), tb in zip(ra.model.state_dict().items(), rb.model.state_dict().values()):
             assert torch.equal(ta, tb), n
+
+
+def _states_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return list(sa) == list(sb) and all(torch.equal(sa[n], sb[n]) for n in sa)
+
+
+def test_evaluation_schedule_sets_the_curve_steps_and_leaves_training_alone():
+    """10 training tiles per fold at batch 3: batches of 3, 3, 3 and a skipped single tile, so 3
+    steps per epoch; 3 epochs. Evaluating more or less often changes no weight."""
+    from rawdrift.training import train_setting
+    x, y, folds = colour_task(n=15)
+    folds = np.arange(15) % 3
+    cfg = task_config("microscopy", dict(epochs=3, batch_size=3, lr=1e-3, classes=3))
+    run = {ev: train_setting(cfg, x, y, folds, seed=2, device=torch.device("cpu"), eval_every=ev, progress=False)
+           for ev in (None, 1, 3, 4)}
+    assert [r.steps for r in run[None]] == [[3, 6, 9]] * 3
+    assert [r.steps for r in run[3]] == [[3, 6, 9]] * 3
+    assert [r.steps for r in run[4]] == [[4, 8, 9]] * 3            # the last step is always evaluated
+    assert [r.steps for r in run[1]] == [list(range(1, 10))] * 3
+    assert [r.fold for r in run[None]] == [0, 1, 2]
+    for k in range(3):
+        epoch_end, every_step = run[None][k], run[1][k]
+        # every epoch = every 3 steps here, value for value
+        assert run[3][k].val_metric == epoch_end.val_metric and run[3][k].train_loss == epoch_end.train_loss
+        assert every_step.val_metric[2::3] == epoch_end.val_metric
+        # per-step losses (3 tiles each) average to the epoch's mean loss per tile
+        np.testing.assert_allclose(np.mean(np.reshape(every_step.train_loss, (3, 3)), axis=1), epoch_end.train_loss,
+                                   rtol=1e-6)
+        for ev in (1, 3, 4):
+            assert run[ev][k].val_metric[-1] == epoch_end.val_metric[-1]
+            assert _states_equal(run[ev][k].model, epoch_end.model)
+
+
+def test_a_fixed_front_trains_exactly_as_the_same_views_given_directly():
+    """The engine with a fixed front (an identity module, applied once like the frozen ISP or the
+    packed raw mosaic) gives train_folds' curves and weights."""
+    from rawdrift.training import Front, train_setting
+    x, y, folds = colour_task(n=24)
+    folds = np.arange(24) % 3
+    cfg = task_config("microscopy", dict(epochs=2, batch_size=5, lr=1e-3, classes=3, schedule="cosine"))
+    direct = train_folds(cfg, x, y, folds, seed=6, device=torch.device("cpu"), progress=False, amp=False)
+    front = train_setting(cfg, x, y, folds, seed=6, device=torch.device("cpu"), front=Front(build=torch.nn.Identity),
+                          progress=False)
+    for a, b in zip(direct, front):
+        assert a.val_metric == b.val_metric and a.train_loss == b.train_loss and a.steps == b.steps == [3, 6]
+        assert _states_equal(a.model, b.model)
+        assert b.front is None                  # no record asked for
+
+
+def test_segmentation_through_an_upsampling_front_predicts_full_resolution():
+    """A front at half resolution (upsample 2): logits are brought back to the mask's side."""
+    from rawdrift.training import Front, train_setting
+    x, m, folds = square_task(n=8)
+    cfg = task_config("drone", dict(SEG, epochs=1, batch_size=4))
+    res = train_setting(cfg, x, m, folds, seed=0, device=torch.device("cpu"), front=Front(build=_half, upsample=2),
+                        progress=False)
+    assert [r.steps for r in res] == [[1]] * 2 and all(0 <= r.val_metric[0] <= 1 for r in res)
+    with pytest.raises(RawdriftError, match="eval_every must be >= 1"):
+        train_setting(cfg, x, m, folds, seed=0, device=torch.device("cpu"), eval_every=0, progress=False)
+    with pytest.raises(RawdriftError, match="square"):
+        train_setting(cfg, x[..., :16], m, folds, seed=0, device=torch.device("cpu"), progress=False)
+
+
+def _half() -> torch.nn.Module:
+    return torch.nn.AvgPool2d(2)
