@@ -14,7 +14,11 @@ through DVC, in one of two modes:
   driver's final ``dvc repro`` restores the stages without any push.
 
 A failing task leaves nothing behind: DVC stores outputs and run-cache entries only after the
-stage command succeeded, pushes happen only after that, and the worktree is removed either way.
+stage command succeeded, pushes happen only after that (run-cache entries last, after the
+outputs they name), and the worktree is removed either way. A crashed task (killed by a signal,
+its worker lost) runs again, at most ``--retries`` times; one that exits with an error does not.
+Nothing waits for ever: every command gets no stdin, its own process group and what is left of
+the task's time limit (``--timeout-min``), past which the group is killed and the task fails.
 Credentials are never written: DVC reads them from the environment or ``.dvc/config.local``
 (a worktree on the driver's machine gets a symlink to the driver's ``.dvc/config.local``).
 
@@ -26,8 +30,11 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import math
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -39,16 +46,22 @@ from pathlib import Path
 from typing import Callable
 
 from rawdrift.errors import RawdriftError
+from rawdrift.share import run_cache_entries
 
 ENGINES = ("ray", "submitit", "local")
 DEFAULT_PATTERNS = ("train@*",)
 RESTORED = "is cached - skipping run"
 UNCHANGED = "didn't change, skipping"
+TIMED_OUT = 124                    # a task's exit status when it ran past its time limit (as timeout(1))
+KILLED = re.compile(r"exited with -\d+")   # DVC's words for a stage command killed by a signal
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """Everything one task needs: which stage, where the repository is, how results go back."""
+    """Everything one task needs: which stage, where the repository is, how results go back.
+
+    Holds no credentials: a task reads them from its machine's environment or the
+    ``.dvc/config.local`` that ``config_local`` names."""
     stage: str
     commit: str
     repo: str                      # the driver's repository (worktree) or a URL to clone
@@ -58,6 +71,7 @@ class TaskSpec:
     config_local: str | None = None  # the driver's .dvc/config.local, symlinked into a worktree
     clone: bool = False            # git clone instead of git worktree add
     path: str = ""                 # PATH for the stage commands (the driver's venv first)
+    timeout_s: float | None = None  # the whole task's time limit; past it every command is killed
 
 
 @dataclass
@@ -69,17 +83,54 @@ class TaskResult:
     log: str
     seconds: float
     host: str = field(default_factory=lambda: os.uname().nodename)
+    attempts: int = 1
 
     @property
     def crashed(self) -> bool:
-        """Killed by a signal (out of memory, preemption): worth another attempt, unlike an error exit."""
-        return self.returncode < 0
+        """Killed by a signal (out of memory, preemption) or its worker died: worth another attempt,
+        unlike an error exit or a time-out. Covers ``dvc`` itself killed (a negative status) and the
+        stage command killed under ``dvc`` (which exits 1 saying ``exited with -9``)."""
+        return not self.ok and (self.returncode < 0 or bool(KILLED.search(self.log)))
+
+
+class CommandTimeout(RawdriftError):
+    """A command ran past its time limit and was killed (with everything it started)."""
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc``'s process group: dvc, the stage command it runs and their children."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def sh(cmd: list[str], cwd: str | Path, env: dict[str, str] | None = None,
-       check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``cmd``; with ``check``, a non-zero exit raises :class:`RawdriftError` with its last output line."""
-    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+       check: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run ``cmd``; with ``check``, a non-zero exit raises :class:`RawdriftError` with its last output line.
+
+    The command reads no stdin (nothing can sit waiting for an answer) and runs in its own process
+    group: past ``timeout`` seconds the whole group is killed and :class:`CommandTimeout` raised.
+    (``subprocess.run(timeout=...)`` would kill ``dvc`` alone and then wait for the stage command,
+    which still holds the output pipes.)"""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:     # a grandchild left the group and holds the pipes
+            out, err = "", ""
+        last = ((err or "").strip() or (out or "").strip()).splitlines()[-1:]
+        raise CommandTimeout(f"{' '.join(cmd[:3])}: no result after {timeout:.0f} s, killed"
+                             + (f" (last output: {last[0]})" if last else "")) from None
+    except BaseException:                     # KeyboardInterrupt, SystemExit: leave nothing running
+        _kill_group(proc)
+        proc.wait()
+        raise
+    r = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
     if check and r.returncode != 0:
         lines = (r.stderr.strip() or r.stdout.strip() or f"exit {r.returncode}").splitlines()
         raise RawdriftError(f"{' '.join(cmd[:3])}: {lines[-1]}")
@@ -141,40 +192,53 @@ def cache_dir(root: Path, env: dict[str, str]) -> str:
     return str((root / out).resolve())
 
 
-def push_results(root: Path, remote: str, env: dict[str, str]) -> None:
-    """``dvc push --run-cache`` plus the ``cache: false`` outputs the run-cache names."""
-    sh(["dvc", "push", "--run-cache", "-r", remote], root, env)
-    sh([sys.executable, "-m", "rawdrift.share", "-r", remote], root, env)
+def push_results(root: Path, remote: str, env: dict[str, str], timeout: float | None = None) -> None:
+    """Upload what the local run-cache names, then the run-cache entries themselves.
+
+    ``python -m rawdrift.share`` first: every output of the stages run here, the ``cache: false``
+    ones too (``dvc push`` leaves those behind); then ``dvc push --run-cache``, which uploads
+    the entries before its objects, so that a remote entry always finds its outputs there and a
+    push killed half-way leaves only content-addressed objects that nothing names."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    left = lambda: None if deadline is None else max(1.0, deadline - time.monotonic())  # noqa: E731
+    if run_cache_entries(root):         # none when every stage was already up to date
+        sh([sys.executable, "-m", "rawdrift.share", "-r", remote], root, env, timeout=left())
+    sh(["dvc", "push", "--run-cache", "-r", remote], root, env, timeout=left())
 
 
-def run_upstream(root: Path, upstream: list[str], remote: str | None, env: dict[str, str]) -> str:
+def run_upstream(root: Path, upstream: list[str], remote: str | None, env: dict[str, str],
+                 timeout: float | None = None) -> str:
     """Reproduce the upstream stages in the driver, pushing them in remote mode so tasks restore them."""
     if not upstream:
         return ""
     pull = ["--pull"] if remote else []
     out = sh(["dvc", "repro", *pull, *upstream], root, env).stdout
     if remote:
-        push_results(root, remote, env)
+        push_results(root, remote, env, timeout)
     return out
 
 
 def task_env(spec: TaskSpec) -> dict[str, str]:
-    """The task's environment: the engine's (CUDA_VISIBLE_DEVICES, credentials) with the driver's PATH first."""
+    """The task's environment: the engine's (CUDA_VISIBLE_DEVICES, credentials) with the driver's PATH
+    first; git never prompts (a clone that needs a password fails instead of waiting for one)."""
     env = dict(os.environ)
     if spec.path:
         env["PATH"] = spec.path + os.pathsep + env.get("PATH", "")
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    for k in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "DVC_ROOT"):
+        env.pop(k, None)
     return env
 
 
-def checkout(spec: TaskSpec, dest: Path, env: dict[str, str]) -> None:
+def checkout(spec: TaskSpec, dest: Path, env: dict[str, str], timeout: Callable[[], float | None]) -> None:
     """A worktree (or clone) of the driver's commit at ``dest``, with the DVC config it needs."""
     if spec.clone:
-        sh(["git", "clone", "-q", "--no-checkout", spec.repo, str(dest)], spec.workdir, env)
-        sh(["git", "checkout", "-q", "--detach", spec.commit], dest, env)
+        sh(["git", "clone", "-q", "--no-checkout", spec.repo, str(dest)], spec.workdir, env, timeout=timeout())
+        sh(["git", "checkout", "-q", "--detach", spec.commit], dest, env, timeout=timeout())
     else:
-        sh(["git", "worktree", "add", "-q", "--detach", str(dest), spec.commit], spec.repo, env)
+        sh(["git", "worktree", "add", "-q", "--detach", str(dest), spec.commit], spec.repo, env, timeout=timeout())
     if spec.cache_dir:
-        sh(["dvc", "cache", "dir", "--local", spec.cache_dir], dest, env)
+        sh(["dvc", "cache", "dir", "--local", spec.cache_dir], dest, env, timeout=timeout())
     elif spec.config_local and not spec.clone:
         (dest / ".dvc" / "config.local").symlink_to(spec.config_local)
 
@@ -182,36 +246,45 @@ def checkout(spec: TaskSpec, dest: Path, env: dict[str, str]) -> None:
 def remove_checkout(spec: TaskSpec, dest: Path) -> None:
     """Remove the task's worktree or clone (success or not)."""
     if not spec.clone:
-        subprocess.run(["git", "worktree", "remove", "--force", str(dest)], cwd=spec.repo, capture_output=True)
-        subprocess.run(["git", "worktree", "prune"], cwd=spec.repo, capture_output=True)
+        for cmd in (["git", "worktree", "remove", "--force", str(dest)], ["git", "worktree", "prune"]):
+            try:
+                sh(cmd, spec.repo, check=False, timeout=120)
+            except CommandTimeout:
+                pass
     shutil.rmtree(dest, ignore_errors=True)
 
 
 def run_task(spec: TaskSpec) -> TaskResult:
     """One task: check out the driver's commit, ``dvc repro`` the stage, push on success, clean up.
 
-    Runs on the engine's worker (any machine that sees ``spec.repo`` and ``spec.workdir``)."""
+    Runs on the engine's worker (any machine that sees ``spec.repo`` and ``spec.workdir``). Every
+    command shares the task's time limit ``spec.timeout_s``: past it the command is killed and the
+    task fails with status :data:`TIMED_OUT`, saying which command hung."""
     start = time.perf_counter()
+    deadline = None if spec.timeout_s is None else time.monotonic() + spec.timeout_s
+    left = lambda: None if deadline is None else max(1.0, deadline - time.monotonic())  # noqa: E731
     env = task_env(spec)
     Path(spec.workdir).mkdir(parents=True, exist_ok=True)
     dest = Path(spec.workdir) / f"{spec.stage.replace('@', '_')}-{uuid.uuid4().hex[:8]}"
     log: list[str] = []
-    rc = 1
+    rc = 0
     try:
-        checkout(spec, dest, env)
+        checkout(spec, dest, env, left)
         pull = ["--pull"] if spec.remote else []
-        r = sh(["dvc", "repro", *pull, spec.stage], dest, env, check=False)
+        r = sh(["dvc", "repro", *pull, spec.stage], dest, env, check=False, timeout=left())
         rc = r.returncode
         log.append(r.stdout + r.stderr)
         if rc == 0 and spec.remote:
-            push_results(dest, spec.remote, env)
+            push_results(dest, spec.remote, env, left())
+    except CommandTimeout as e:
+        log.append(f"error: task time limit ({spec.timeout_s:.0f} s): {e}")
+        rc = TIMED_OUT
     except RawdriftError as e:
         log.append(f"error: {e}")
         rc = rc or 1
     finally:
         remove_checkout(spec, dest)
-    return TaskResult(spec.stage, rc == 0 and not log[-1].startswith("error:"), rc, "".join(log),
-                      time.perf_counter() - start)
+    return TaskResult(spec.stage, rc == 0, rc, "\n".join(log), time.perf_counter() - start)
 
 
 def crash_result(stage: str, error: BaseException) -> TaskResult:
@@ -230,37 +303,56 @@ def run_local(specs: list[TaskSpec], jobs: int = 1) -> list[TaskResult]:
         return list(pool.map(guarded, specs))
 
 
-def run_ray(specs: list[TaskSpec], gpus: float, cpus: float = 1, address: str | None = None,
-            retries: int = 1) -> list[TaskResult]:
-    """Tasks as Ray tasks with ``num_gpus=gpus`` (fractions pack several stages on one GPU);
-    Ray sets ``CUDA_VISIBLE_DEVICES`` per task and retries a task whose worker died ``retries`` times.
-    Uses a running ``ray.init`` if there is one, else connects to ``address`` (None: a local cluster)."""
+def ray_init(address: str | None) -> None:
+    """Connect to ``address`` (None: RAY_ADDRESS or a new local cluster) unless ``ray.init`` ran already."""
     import ray
 
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    remote_task = ray.remote(num_gpus=gpus, num_cpus=cpus, max_retries=retries)(run_task)
+
+
+def ray_check_gpus(gpus: float) -> None:
+    """Refuse ``gpus`` per task that the Ray cluster cannot give any task: Ray would queue it for ever."""
+    import ray
+
+    total = ray.cluster_resources().get("GPU", 0)
+    if gpus > 0 and total < gpus:
+        raise RawdriftError(f"--gpus {gpus:g}: the Ray cluster has {total:g} GPU(s); "
+                            "no task could start (--gpus 0 runs on CPUs)")
+
+
+def run_ray(specs: list[TaskSpec], gpus: float, cpus: float = 1, address: str | None = None) -> list[TaskResult]:
+    """Tasks as Ray tasks with ``num_gpus=gpus`` (fractions pack several stages on one GPU); Ray sets
+    ``CUDA_VISIBLE_DEVICES`` per task. No retries here: a task whose worker died comes back as a crash,
+    which :func:`run_with_retries` submits again like any other. The task's time limit is enforced on
+    the worker (:func:`run_task`), which reports back even when a command hangs."""
+    import ray
+
+    ray_init(address)
+    remote_task = ray.remote(num_gpus=gpus, num_cpus=cpus, max_retries=0)(run_task)
     refs = [remote_task.remote(s) for s in specs]
     results = []
     for spec, ref in zip(specs, refs):
         try:
             results.append(ray.get(ref))
-        except Exception as e:       # noqa: BLE001  (WorkerCrashedError after the retries)
+        except Exception as e:       # noqa: BLE001  (WorkerCrashedError, a node lost)
             results.append(crash_result(spec.stage, e))
     return results
 
 
 def run_submitit(specs: list[TaskSpec], gpus: float, folder: Path, cluster: str | None = None,
-                 timeout_min: int = 240, partition: str | None = None, parallelism: int = 32) -> list[TaskResult]:
-    """Tasks as one SLURM job array (``cluster`` None or ``slurm``) or submitit's local processes (``local``)."""
+                 timeout_min: float = 240, partition: str | None = None, parallelism: int = 32) -> list[TaskResult]:
+    """Tasks as one SLURM job array (``cluster`` None or ``slurm``) or submitit's local processes (``local``).
+    The job's time limit is the task's plus 5 minutes, so the task reports its own time-out first."""
     import submitit                  # its AutoExecutor needs pkg_resources: pick the executor here
 
+    job_min = int(math.ceil(timeout_min)) + 5
     if cluster == "local":
         executor: submitit.Executor = submitit.LocalExecutor(folder=str(folder))
-        executor.update_parameters(timeout_min=timeout_min, gpus_per_node=max(0, int(round(gpus))))
+        executor.update_parameters(timeout_min=job_min, gpus_per_node=max(0, int(round(gpus))))
     elif cluster in (None, "slurm"):
         executor = submitit.SlurmExecutor(folder=str(folder))
-        params: dict = {"time": timeout_min, "array_parallelism": parallelism, "job_name": "rawdrift-fanout"}
+        params: dict = {"time": job_min, "array_parallelism": parallelism, "job_name": "rawdrift-fanout"}
         if gpus:
             params["gpus_per_node"] = max(1, int(round(gpus)))
         if partition:
@@ -280,13 +372,16 @@ def run_submitit(specs: list[TaskSpec], gpus: float, folder: Path, cluster: str 
 
 def run_with_retries(specs: list[TaskSpec], runner: Callable[[list[TaskSpec]], list[TaskResult]],
                      retries: int) -> list[TaskResult]:
-    """Run the tasks, then again those that crashed (not those that failed with an error), ``retries`` times."""
+    """Run the tasks, then again those that crashed (not those that failed with an error or timed out),
+    at most ``retries`` times more: a task runs at most ``1 + retries`` times."""
     results = {r.stage: r for r in runner(specs)}
-    for _ in range(retries):
+    for attempt in range(2, retries + 2):
         again = [s for s in specs if results[s.stage].crashed]
         if not again:
             break
-        results.update({r.stage: r for r in runner(again)})
+        for r in runner(again):
+            r.attempts = attempt
+            results[r.stage] = r
     return [results[s.stage] for s in specs]
 
 
@@ -324,16 +419,22 @@ def fanout(root: str | Path = ".", patterns: list[str] | tuple[str, ...] = DEFAU
            shared_cache: bool = False, retries: int = 1, jobs: int = 1, workdir: str | Path | None = None,
            clone_url: str | None = None, finish_all: bool = True, ray_address: str | None = None,
            submitit_cluster: str | None = None, slurm_partition: str | None = None,
-           timeout_min: int = 240, log: Callable[[str], None] = print) -> FanoutReport:
-    """The whole fan-out: checks, upstream, tasks, closing ``dvc repro``. See the module docstring."""
+           timeout_min: float = 240, log: Callable[[str], None] = print) -> FanoutReport:
+    """The whole fan-out: checks, upstream, tasks, closing ``dvc repro``. See the module docstring.
+
+    ``timeout_min`` limits each task (and each of the driver's pushes): a task past it is killed
+    and reported as failed, so a hung ``dvc push`` ends the run instead of stalling it."""
     if engine not in ENGINES:
         raise RawdriftError(f"unknown engine {engine!r} (one of: {', '.join(ENGINES)})")
     if gpus is not None and (gpus < 0 or (engine != "ray" and gpus != int(gpus))):
-        raise RawdriftError(f"--gpus {gpus}: a non-negative number, whole unless --engine ray")
+        raise RawdriftError(f"--gpus {gpus:g}: a non-negative number, whole unless --engine ray")
+    if retries < 0 or jobs < 1 or not timeout_min > 0:
+        raise RawdriftError("--retries must be >= 0, --jobs >= 1 and --timeout-min > 0")
     root = Path(root).resolve()
     env = dict(os.environ)
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
+    timeout_s = 60.0 * timeout_min
     commit = require_clean_tree(root)
     graph = stage_graph(root)
     targets = match_stages(list(graph), list(patterns))
@@ -341,10 +442,17 @@ def fanout(root: str | Path = ".", patterns: list[str] | tuple[str, ...] = DEFAU
         remote = None
     else:
         remote = remote or default_remote(root, env)
+    n_gpus = gpus if gpus is not None else 0.0
+    if engine == "ray":                  # before any work: connect, and refuse GPUs the cluster lacks
+        ray_init(ray_address)
+        if gpus is None:
+            import ray
+            n_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        ray_check_gpus(n_gpus)
     upstream = upstream_of(graph, targets)
     log(f"fanout: {len(targets)} stage(s) match, upstream {', '.join(upstream) or 'none'}; "
         f"{'remote ' + remote if remote else 'shared cache'}; engine {engine}")
-    run_upstream(root, upstream, remote, env)
+    run_upstream(root, upstream, remote, env, timeout_s)
     todo = out_of_date(root, targets, env)
     log(f"fanout: {len(todo)} out of date: {', '.join(todo) or 'none'}")
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="rawdrift-fanout-"))
@@ -353,22 +461,23 @@ def fanout(root: str | Path = ".", patterns: list[str] | tuple[str, ...] = DEFAU
     specs = [TaskSpec(stage=s, commit=commit, repo=clone_url or str(root), workdir=str(base / "tasks"),
                       remote=remote, cache_dir=None if remote else cache_dir(root, env),
                       config_local=str(config_local) if config_local.exists() else None,
-                      clone=bool(clone_url), path=venv_bin) for s in todo]
-    n_gpus = gpus if gpus is not None else (1.0 if engine == "ray" and ray_has_gpus(ray_address) else 0.0)
+                      clone=bool(clone_url), path=venv_bin, timeout_s=timeout_s) for s in todo]
     runner: Callable[[list[TaskSpec]], list[TaskResult]]
     if engine == "ray":
-        runner = lambda ss: run_ray(ss, n_gpus, address=ray_address, retries=retries)  # noqa: E731
-        retries_left = 0                 # Ray retries dead workers itself
+        runner = lambda ss: run_ray(ss, n_gpus, address=ray_address)  # noqa: E731
     elif engine == "submitit":
         runner = lambda ss: run_submitit(ss, n_gpus, base / "submitit", submitit_cluster,  # noqa: E731
                                          timeout_min, slurm_partition)
-        retries_left = retries
     else:
         runner = lambda ss: run_local(ss, jobs)  # noqa: E731
-        retries_left = retries
-    results = run_with_retries(specs, runner, retries_left) if specs else []
+    try:
+        results = run_with_retries(specs, runner, retries) if specs else []
+    finally:
+        if not workdir:
+            shutil.rmtree(base, ignore_errors=True)
     for r in results:
-        log(f"fanout: {r.stage}: {'ok' if r.ok else 'FAILED'} on {r.host} [{r.seconds:.1f} s]")
+        again = f", attempt {r.attempts}" if r.attempts > 1 else ""
+        log(f"fanout: {r.stage}: {'ok' if r.ok else 'FAILED'} on {r.host} [{r.seconds:.1f} s{again}]")
     report = FanoutReport(targets, upstream, results)
     for r in results:
         if not r.ok:
@@ -381,18 +490,7 @@ def fanout(root: str | Path = ".", patterns: list[str] | tuple[str, ...] = DEFAU
     if closing is None or closing:
         report.finish_output = finish(root, closing, remote, env)
         report.rerun = rerun_in_driver(report.finish_output, [r.stage for r in results if r.ok])
-    if not workdir:
-        shutil.rmtree(base, ignore_errors=True)
     return report
-
-
-def ray_has_gpus(address: str | None) -> bool:
-    """Whether the Ray cluster (started here if need be) has any GPU."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    return ray.cluster_resources().get("GPU", 0) > 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -407,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-r", "--remote", help="DVC remote for results and run-cache (default: the default remote)")
     parser.add_argument("--shared-cache", action="store_true",
                         help="one box, no remote: worktrees share this repository's DVC cache")
-    parser.add_argument("--retries", type=int, default=1, help="attempts more for a crashed task (default 1)")
+    parser.add_argument("--retries", type=int, default=1,
+                        help="attempts more for a crashed task: killed by a signal, or its worker died (default 1)")
     parser.add_argument("-j", "--jobs", type=int, default=1, help="--engine local: tasks at a time (default 1)")
     parser.add_argument("--workdir", help="where task worktrees go (default: a temporary folder; on SLURM a "
                                           "shared filesystem)")
@@ -418,13 +517,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
     parser.add_argument("--cluster", help="submitit cluster: slurm (default) or local (processes on this machine)")
     parser.add_argument("--partition", help="SLURM partition")
-    parser.add_argument("--timeout-min", type=int, default=240, help="SLURM time limit per task (minutes)")
+    parser.add_argument("--timeout-min", type=float, default=240,
+                        help="time limit per task in minutes, every engine (default 240): a task past it is "
+                             "killed and reported as failed; on SLURM the job gets 5 minutes more")
     args = parser.parse_args(argv)
     try:
-        if args.engine not in ENGINES:
-            raise RawdriftError(f"unknown engine {args.engine!r} (one of: {', '.join(ENGINES)})")
-        if args.retries < 0 or args.jobs < 1:
-            raise RawdriftError("--retries must be >= 0 and --jobs >= 1")
         report = fanout(".", args.patterns, args.engine, args.gpus, args.remote, args.shared_cache, args.retries,
                         args.jobs, args.workdir, args.clone, not args.only, args.address, args.cluster,
                         args.partition, args.timeout_min)
