@@ -72,6 +72,7 @@ class TaskSpec:
     clone: bool = False            # git clone instead of git worktree add
     path: str = ""                 # PATH for the stage commands (the driver's venv first)
     timeout_s: float | None = None  # the whole task's time limit; past it every command is killed
+    threads: dict[str, str] = field(default_factory=dict)  # the driver's thread-count variables (THREAD_VARS)
 
 
 @dataclass
@@ -218,10 +219,26 @@ def run_upstream(root: Path, upstream: list[str], remote: str | None, env: dict[
     return out
 
 
+#: Variables that set a CPU stage's intra-op thread count. Torch's float sums depend on it, so a task
+#: runs with the driver's values (unset where the driver has them unset): Ray sets
+#: ``OMP_NUM_THREADS`` to a task's ``num_cpus``, which would make a fanned-out CPU stage compute other
+#: models than the same stage in a plain ``dvc repro``.
+THREAD_VARS: tuple[str, ...] = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def driver_threads() -> dict[str, str]:
+    """This process's :data:`THREAD_VARS` that are set, for :attr:`TaskSpec.threads`."""
+    return {k: os.environ[k] for k in THREAD_VARS if k in os.environ}
+
+
 def task_env(spec: TaskSpec) -> dict[str, str]:
     """The task's environment: the engine's (CUDA_VISIBLE_DEVICES, credentials) with the driver's PATH
-    first; git never prompts (a clone that needs a password fails instead of waiting for one)."""
+    first and the driver's thread counts (:data:`THREAD_VARS`); git never prompts (a clone that needs a
+    password fails instead of waiting for one)."""
     env = dict(os.environ)
+    for k in THREAD_VARS:
+        env.pop(k, None)
+    env.update(spec.threads)
     if spec.path:
         env["PATH"] = spec.path + os.pathsep + env.get("PATH", "")
     env["GIT_TERMINAL_PROMPT"] = "0"
@@ -321,8 +338,17 @@ def ray_check_gpus(gpus: float) -> None:
                             "no task could start (--gpus 0 runs on CPUs)")
 
 
+def ray_cpus_per_stage() -> float:
+    """CPUs a CPU stage asks Ray for: this machine's cores, at most the largest node's CPUs."""
+    import ray
+
+    largest = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
+    return float(max(1.0, min(os.cpu_count() or 1, largest)))
+
+
 def run_ray(specs: list[TaskSpec], gpus: float, cpus: float = 1, address: str | None = None) -> list[TaskResult]:
-    """Tasks as Ray tasks with ``num_gpus=gpus`` (fractions pack several stages on one GPU); Ray sets
+    """Tasks as Ray tasks with ``num_gpus=gpus`` (fractions pack several stages on one GPU) and
+    ``num_cpus=cpus`` (a node runs as many at once as its CPUs allow); Ray sets
     ``CUDA_VISIBLE_DEVICES`` per task. No retries here: a task whose worker died comes back as a crash,
     which :func:`run_with_retries` submits again like any other. The task's time limit is enforced on
     the worker (:func:`run_task`), which reports back even when a command hangs."""
@@ -419,17 +445,20 @@ def fanout(root: str | Path = ".", patterns: list[str] | tuple[str, ...] = DEFAU
            shared_cache: bool = False, retries: int = 1, jobs: int = 1, workdir: str | Path | None = None,
            clone_url: str | None = None, finish_all: bool = True, ray_address: str | None = None,
            submitit_cluster: str | None = None, slurm_partition: str | None = None,
-           timeout_min: float = 240, log: Callable[[str], None] = print) -> FanoutReport:
+           timeout_min: float = 240, cpus: float | None = None,
+           log: Callable[[str], None] = print) -> FanoutReport:
     """The whole fan-out: checks, upstream, tasks, closing ``dvc repro``. See the module docstring.
 
     ``timeout_min`` limits each task (and each of the driver's pushes): a task past it is killed
-    and reported as failed, so a hung ``dvc push`` ends the run instead of stalling it."""
+    and reported as failed, so a hung ``dvc push`` ends the run instead of stalling it. ``cpus``:
+    Ray CPUs per task (default: 1 with GPUs; without, all of this machine's, one CPU stage at a time
+    per node, since a CPU stage uses every core and two would only fight over them)."""
     if engine not in ENGINES:
         raise RawdriftError(f"unknown engine {engine!r} (one of: {', '.join(ENGINES)})")
     if gpus is not None and (gpus < 0 or (engine != "ray" and gpus != int(gpus))):
         raise RawdriftError(f"--gpus {gpus:g}: a non-negative number, whole unless --engine ray")
-    if retries < 0 or jobs < 1 or not timeout_min > 0:
-        raise RawdriftError("--retries must be >= 0, --jobs >= 1 and --timeout-min > 0")
+    if retries < 0 or jobs < 1 or not timeout_min > 0 or (cpus is not None and not cpus > 0):
+        raise RawdriftError("--retries must be >= 0, --jobs >= 1, --timeout-min > 0 and --cpus > 0")
     root = Path(root).resolve()
     env = dict(os.environ)
     venv_bin = str(Path(sys.executable).parent)
@@ -461,10 +490,12 @@ def fanout(root: str | Path = ".", patterns: list[str] | tuple[str, ...] = DEFAU
     specs = [TaskSpec(stage=s, commit=commit, repo=clone_url or str(root), workdir=str(base / "tasks"),
                       remote=remote, cache_dir=None if remote else cache_dir(root, env),
                       config_local=str(config_local) if config_local.exists() else None,
-                      clone=bool(clone_url), path=venv_bin, timeout_s=timeout_s) for s in todo]
+                      clone=bool(clone_url), path=venv_bin, timeout_s=timeout_s, threads=driver_threads())
+             for s in todo]
     runner: Callable[[list[TaskSpec]], list[TaskResult]]
     if engine == "ray":
-        runner = lambda ss: run_ray(ss, n_gpus, address=ray_address)  # noqa: E731
+        n_cpus = cpus if cpus is not None else (1.0 if n_gpus > 0 else ray_cpus_per_stage())
+        runner = lambda ss: run_ray(ss, n_gpus, n_cpus, address=ray_address)  # noqa: E731
     elif engine == "submitit":
         runner = lambda ss: run_submitit(ss, n_gpus, base / "submitit", submitit_cluster,  # noqa: E731
                                          timeout_min, slurm_partition)
@@ -517,6 +548,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
     parser.add_argument("--cluster", help="submitit cluster: slurm (default) or local (processes on this machine)")
     parser.add_argument("--partition", help="SLURM partition")
+    parser.add_argument("--cpus", type=float, default=None,
+                        help="Ray CPUs per stage (default: 1 with GPUs, else all of this machine's: a CPU "
+                             "stage uses every core)")
     parser.add_argument("--timeout-min", type=float, default=240,
                         help="time limit per task in minutes, every engine (default 240): a task past it is "
                              "killed and reported as failed; on SLURM the job gets 5 minutes more")
@@ -524,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = fanout(".", args.patterns, args.engine, args.gpus, args.remote, args.shared_cache, args.retries,
                         args.jobs, args.workdir, args.clone, not args.only, args.address, args.cluster,
-                        args.partition, args.timeout_min)
+                        args.partition, args.timeout_min, args.cpus)
     except RawdriftError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -320,3 +320,17 @@ def test_retries_are_bounded_and_only_for_crashes():
     calls.clear()
     run_with_retries(specs, runner, retries=0)
     assert calls == [["ok", "error", "crash", "oom"]]
+
+
+def test_a_task_runs_with_the_drivers_thread_counts(monkeypatch):
+    """Ray sets OMP_NUM_THREADS to a task's num_cpus; a CPU stage's sums depend on the thread count,
+    so a task gets the driver's values back (unset where the driver had none)."""
+    from rawdrift.fanout import driver_threads, task_env
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")
+    threads = driver_threads()
+    assert threads == {"MKL_NUM_THREADS": "3"}
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")            # what a Ray worker sees
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    env = task_env(TaskSpec(stage="s", commit="c", repo="r", workdir="w", threads=threads))
+    assert "OMP_NUM_THREADS" not in env and env["MKL_NUM_THREADS"] == "3"
