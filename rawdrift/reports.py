@@ -297,6 +297,9 @@ def best_rows_per_column(matrix: pd.DataFrame) -> dict[str, list[str]]:
 def write_csv(frame: pd.DataFrame, path: str | Path, float_format: str | None = None) -> None:
     """``frame`` as CSV without its index, as Python's csv module writes it (CRLF line ends,
     minimal quoting; floats as ``repr`` or ``float_format``), atomically."""
+    if float_format is None:     # pandas' own float format drops the 17th digit of some values
+        floats = frame.select_dtypes("float").columns
+        frame = frame.assign(**{c: frame[c].map(lambda v: repr(float(v))) for c in floats})
     with atomic_file(path, suffix=".csv") as tmp:
         frame.to_csv(tmp, index=False, lineterminator="\r\n", float_format=float_format)
 

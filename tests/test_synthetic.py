@@ -169,7 +169,7 @@ def test_optics_at_the_study_scale_are_the_objective():
 
 def test_unknown_optics_is_a_param_error(tmp_path):
     from rawdrift.errors import RawdriftError
-    with pytest.raises(RawdriftError, match="data.microscopy.optics"):
+    with pytest.raises(RawdriftError, match="optics: must be one of matched, objective"):
         generate("microscopy", tmp_path / "x", count=9, tile=32, folds=3, seed=0, intensities=[1.0], workers=1,
                  progress=False, optics="zoom")
     assert not (tmp_path / "x").exists()
