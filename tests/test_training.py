@@ -70,8 +70,8 @@ def test_dihedral_augment_moves_masks_with_images():
 # fp32 only: bf16 autocast on a CPU is neither reproducible nor always stable at this size (16-px
 # tiles, 1 x 1 feature maps): about one run in three ends a fold with a NaN loss, with the old
 # training loops as with the engine. The default profile (64 px) reproduced bit for bit in bf16.
-@pytest.mark.parametrize("amp", [False], ids=["fp32"])
-def test_classification_learns_and_is_deterministic_on_cpu(amp):
+def test_classification_learns_and_is_deterministic_on_cpu():
+    amp = False
     x, y, folds = colour_task()
     cfg = task_config("microscopy", dict(epochs=4, batch_size=8, lr=1e-3, classes=3))
     a = train_folds(cfg, x, y, folds, seed=1, device=torch.device("cpu"), progress=False, amp=amp)
