@@ -6,7 +6,8 @@ its own git repository with its own ``dvc init`` and DVC cache, writes :data:`PR
 ``params.yaml``, runs ``dvc repro`` and commits the results, then prints where every artifact
 is. The workspace it was started from and its DVC cache are not touched, and the folder stays,
 so ``dvc exp show``, ``dvc exp run -S ...``, ``dvc metrics diff`` and ``dvc plots show`` can be
-tried there. The numbers mean nothing (18 microscopy and 6 drone tiles of 32 px, one epoch).
+tried there. The numbers mean nothing (3 views, 18 microscopy and 6 drone tiles of 32 px, one
+epoch).
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ SOURCE = Path(__file__).resolve().parents[1]
 #: The demo's changes to params.yaml: the data of tests/test_stages.py's SMALL, every stage at
 #: its smallest.
 PROFILE = {
-    "seed": 1, "device": "auto", "precision": "fp32",
+    "seed": 1, "device": "cpu", "precision": "fp32",
+    # three views, one per demosaicing algorithm (bi_s_ga: where forensics starts; ma_s_ga: the
+    # default run's worst train view): every artifact, a quarter of the 12-view matrix's stages
+    "views": ["bi_s_ga", "ma_s_ga", "me_u_me"],
     "data": {"source": "synthetic", "folds": 3, "intensities": [0.1, 1.0],
              "microscopy": {"count": 18, "tile": 32}, "drone": {"count": 6, "tile": 32}},
     "train": {
@@ -154,7 +158,7 @@ def repro(dest: Path, quiet: bool = False) -> None:
 def tour(dest: Path) -> str:
     """Where the artifacts are, with what each folder holds."""
     rows = [("data/raw/<dataset>/", "raw stacks, labels / masks, camera (DVC cache, git-ignored)"),
-            ("data/views/<dataset>/", "the 12 views"),
+            ("data/views/<dataset>/", "the views (the demo: 3 of the 12)"),
             ("models/<dataset>/<view>/", "fold models (safetensors)"),
             ("metrics/headline/", "the figures `dvc exp show` and `dvc metrics diff` compare"),
             ("metrics/crosseval|corruptions|forensics|optimize|train/", "the detailed results (JSON)"),
@@ -187,10 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", metavar="DIR", type=Path,
                         help="build the demo workspace in DIR (new or empty) instead of a temporary folder")
     parser.add_argument("-q", "--quiet", action="store_true", help="do not show dvc repro's output")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="the device param (default: the profile's auto)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="the device param (default: the profile's cpu; auto: cuda when present)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="the precision param (default: the profile's fp32)")
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in (("device", args.device), ("precision", args.precision)) if v}
+    device = args.device
+    if device == "auto":          # the workspace's params.yaml names the device (rawdrift.runtime)
+        import torch
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    overrides = {k: v for k, v in (("device", device), ("precision", args.precision)) if v}
     start = time.perf_counter()
     try:
         dest = run_demo(args.keep.resolve() if args.keep else None, quiet=args.quiet, overrides=overrides)

@@ -12,7 +12,9 @@ param values raises plain :class:`ParamError` too (``epochs: ...``); stages wrap
 block                  section                               reader
 =====================  ====================================  ===============================
 seed                   int                                   :func:`seed`
-device, precision      names (``rawdrift.runtime`` checks)   :func:`get` inside :func:`sourced`
+views                  names (checked against the ISP's)     :func:`views`
+device, precision,     names, flag (``rawdrift.runtime``     :func:`platform_values` inside
+deterministic          checks)                               :func:`sourced`
 data                   :class:`DataParams` (+ ``zenodo``:    :func:`data_params`
                        :class:`ZenodoParams`)
 train.<dataset>        ``rawdrift.tasks.TaskConfig``         :func:`task_params`, :func:`train_config`
@@ -157,14 +159,39 @@ def _percent(value: float) -> int:
     return round(value * 100)
 
 
-# --- seed, device, precision -------------------------------------------------------------------------------------
-# Top-level scalars: ``seed`` here; ``device`` and ``precision`` are checked against the machine by
-# rawdrift.runtime.resolve_device / resolve_precision, which a stage calls inside sourced().
+# --- seed, device, precision, deterministic -----------------------------------------------------------------------
+# Top-level scalars: ``seed`` here; ``device``, ``precision`` and ``deterministic`` are checked against
+# the machine by rawdrift.runtime.stage_platform, which a stage calls inside sourced().
+
+def platform_values(params: dict, source: str = "params.yaml") -> tuple[Any, Any, Any]:
+    """The ``device``, ``precision`` and ``deterministic`` params as written, for
+    ``rawdrift.runtime.stage_platform`` (called inside :func:`sourced`), which checks them."""
+    return get(params, "device", source), get(params, "precision", source), get(params, "deterministic", source)
+
 
 def seed(params: dict, source: str = "params.yaml") -> int:
     """The ``seed`` param: an integer >= 0."""
     with sourced("", source):
         return checks.integer("seed", get(params, "seed", source), 0)
+
+
+# --- views -------------------------------------------------------------------------------------------------------
+def views(params: dict, known: Collection[str], required: Collection[str] = (), source: str = "params.yaml") -> tuple[str, ...]:
+    """The ``views`` param: the views the pipeline renders, trains on and evaluates, in order.
+
+    A list of distinct names from ``known`` (the stage passes ``rawdrift.isp.VIEWS``), at least two
+    (a cross evaluation needs an off-diagonal), holding every name of ``required`` (the reference
+    view forensics starts from). Errors read ``params.yaml: views: ...``.
+    """
+    with sourced("", source):
+        out = checks.items("views", get(params, "views", source), lambda k, v: checks.choice(k, v, known))
+        if len(out) < 2:
+            raise ParamError("views", f"must list at least 2 views (a cross evaluation needs an off-diagonal), got {out!r}")
+        missing = [v for v in required if v not in out]
+        if missing:
+            raise ParamError("views", f"must include {', '.join(missing)} (the reference view forensics starts from), "
+                                      f"got {out!r}")
+    return tuple(out)
 
 
 # --- data ----------------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ frame's column-major ``to_numpy()``, which would move the last bit of the publis
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -19,23 +20,25 @@ import pandas as pd
 from rawdrift.camera import RAW_SCALE
 from rawdrift.errors import RawdriftError
 from rawdrift.io import atomic_file, save_figure
-from rawdrift.isp.static import VIEWS, render_static
+from rawdrift.isp.static import REFERENCE_VIEW, VIEWS, render_static
 from rawdrift.sources.store import RawDataset, load_view
 
 plt.switch_backend("Agg")     # files only, whatever MPLBACKEND or the platform default says
 
 
-def views_figure(ds: RawDataset, views_dir: str | Path, out: str | Path, index: int = 0) -> None:
-    """One tile in all 12 views (rows 1-2) and at every raw intensity through ``bi_s_ga`` (row 3),
-    in the manner of paper figures 3 and 8."""
+def views_figure(ds: RawDataset, views_dir: str | Path, out: str | Path, views: Sequence[str] = VIEWS,
+                 index: int = 0) -> None:
+    """One tile in each of ``views`` (rows 1-2, as rendered in ``views_dir``) and at every raw
+    intensity through the reference view ``bi_s_ga`` (row 3), in the manner of paper figures 3 and 8."""
     intensities = ds.intensities
-    cols = max(6, len(intensities))
-    fig, axes = plt.subplots(3, cols, figsize=(2.0 * cols, 6.6))
+    per_row = (len(views) + 1) // 2
+    cols = max(per_row, len(intensities))
+    fig, axes = plt.subplots(3, cols, figsize=(2.0 * cols, 6.6), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     mask = ds.masks()[index] if ds.task == "segmentation" else None
-    for k, view in enumerate(VIEWS):
-        ax = axes[k // 6, k % 6]
+    for k, view in enumerate(views):
+        ax = axes[k // per_row, k % per_row]
         img = load_view(views_dir, view)[index].transpose(1, 2, 0)
         ax.imshow(img, interpolation="nearest")
         if mask is not None and k == 0:
@@ -43,12 +46,13 @@ def views_figure(ds: RawDataset, views_dir: str | Path, out: str | Path, index: 
         ax.set_title(view.replace("_", ","), fontsize=9)
     for k, ratio in enumerate(intensities):
         raw = np.asarray(ds.raw(ratio)[index], dtype=np.float64) / RAW_SCALE
-        axes[2, k].imshow(render_static(raw, ds.camera, "bi_s_ga").transpose(1, 2, 0), interpolation="nearest")
-        axes[2, k].set_title(f"raw x{ratio:g} (bi,s,ga)", fontsize=9)
+        axes[2, k].imshow(render_static(raw, ds.camera, REFERENCE_VIEW).transpose(1, 2, 0), interpolation="nearest")
+        axes[2, k].set_title(f"raw x{ratio:g} ({REFERENCE_VIEW.replace('_', ',')})", fontsize=9)
     label = ""
     if ds.task == "classification":
         label = f" - class {ds.meta['classes'][int(ds.labels()[index])]}"
-    fig.suptitle(f"{ds.meta['dataset']} tile {ds.ids[index]}{label}: 12 static views (top), 7 raw intensities (bottom)")
+    fig.suptitle(f"{ds.meta['dataset']} tile {ds.ids[index]}{label}: {len(views)} static views (top), "
+                 f"{len(intensities)} raw intensities (bottom)")
     fig.tight_layout()
     save_figure(fig, out, dpi=80)
     plt.close(fig)

@@ -1,15 +1,24 @@
-"""Where and in which precision the task models run: the ``device`` and ``precision`` params.
+"""Where and in which precision the task models run: the ``device``, ``precision`` and
+``deterministic`` params, and the record of them every model and metrics file carries.
 
-``precision: auto`` means bf16 autocast wherever the hardware computes in bf16 natively
-(every CUDA GPU we target; CPUs with AVX512-BF16 or AMX through oneDNN) and float32
-elsewhere, where emulated bf16 would be slower than float32. Weights, optimiser state,
-losses and metrics stay float32 in every case; only the convolutions and matrix products
-run in bf16. Tensors are channels_last on every device (oneDNN and cuDNN both prefer it).
+``device`` names the device: ``cpu`` or ``cuda``. In ``params.yaml`` it must be named (``auto``
+is refused there): DVC's run-cache keys a stage on its param values, so a value resolved only
+when the stage runs would let a CUDA machine restore CPU-trained models from a shared cache and
+the other way round. Command-line tools (``make bench``, ``make demo``) also take ``auto``: CUDA
+when present, else the CPU.
+
+``precision: auto`` means bf16 autocast on CUDA (every GPU we target computes bf16 natively) and
+float32 on the CPU, so it too is fixed by the named device. ``bf16`` asks for bf16 autocast
+anywhere (on CPUs with AVX512-BF16 or AMX it is native through oneDNN; elsewhere emulated and
+slower than float32). Weights, optimiser state, losses and metrics stay float32 in every case;
+only the convolutions and matrix products run in bf16. Tensors are channels_last on every device
+(oneDNN and cuDNN both prefer it).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -20,13 +29,17 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; ``cpu`` / ``cuda`` as given. Errors name the value
-    ``device`` (:class:`ParamError`); the caller says where it came from."""
+def resolve_device(name: str, allow_auto: bool = True) -> torch.device:
+    """``cpu`` / ``cuda`` as given; ``auto`` (where ``allow_auto``) -> CUDA when present, else
+    the CPU. Errors name the value ``device`` (:class:`ParamError`); the caller says where it
+    came from. Stages pass ``allow_auto=False`` (see the module docstring)."""
     # Denormal floats (< 1e-38) are flushed to zero on the CPU: trained networks produce them
     # in late layers, and x86 handles them up to 100x slower (inference +25 % measured on the
     # microscopy ResNet18); CUDA kernels flush them already. Training metrics were unchanged.
     torch.set_flush_denormal(True)
+    if name == "auto" and not allow_auto:
+        raise ParamError("device", "auto is resolved only when a stage runs, where DVC's run-cache cannot see it: "
+                                   "name the device (cpu or cuda, e.g. -S device=cuda)")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     checks.choice("device", name, DEVICES)
@@ -46,11 +59,12 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def resolve_precision(name: str, device: torch.device) -> bool:
-    """The ``precision`` param -> whether to use bf16 autocast on ``device``; an unknown name is a
+    """The ``precision`` param -> whether to use bf16 autocast on ``device``: ``auto`` is bf16 on a
+    CUDA device that computes it natively and float32 on the CPU; an unknown name is a
     :class:`ParamError` naming ``precision``."""
     checks.choice("precision", name, PRECISIONS)
     if name == "auto":
-        return native_bf16(device)
+        return device.type == "cuda" and native_bf16(device)
     return name == "bf16"
 
 
@@ -99,3 +113,35 @@ def configure_backends(device: torch.device, deterministic: bool, warn_only: boo
     if deterministic:
         out.update(warn_only=warn_only, cublas_workspace_config=os.environ["CUBLAS_WORKSPACE_CONFIG"])
     return out
+
+
+@dataclass(frozen=True)
+class Platform:
+    """What a stage computes on: the resolved ``device``, bf16 autocast (``amp``), the
+    ``deterministic`` policy and the backend flags :func:`configure_backends` set."""
+    device: torch.device
+    amp: bool
+    deterministic: bool
+    backends: dict
+
+    def record(self) -> dict:
+        """JSON-ready: the device (and the GPU's name), precision, determinism, backend flags and
+        the versions of Python, torch and numpy. Every model and detailed metrics file keeps it."""
+        import platform
+
+        import numpy as np
+
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        return {"device": self.device.type, "device_name": name, "precision": "bf16" if self.amp else "fp32",
+                "deterministic": self.deterministic, "backends": dict(self.backends),
+                "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+
+
+def stage_platform(device: str, precision: str, deterministic: bool) -> Platform:
+    """The ``device``, ``precision`` and ``deterministic`` param values of a stage -> its
+    :class:`Platform`, with the CUDA backends configured (:func:`configure_backends`). ``device:
+    auto`` is refused (:func:`resolve_device`); errors are :class:`ParamError` naming the param."""
+    checks.flag("deterministic", deterministic)
+    dev = resolve_device(device, allow_auto=False)
+    amp = resolve_precision(precision, dev)
+    return Platform(dev, amp, deterministic, configure_backends(dev, deterministic))

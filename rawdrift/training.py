@@ -202,7 +202,7 @@ class _Fold:
     total_steps: int
     result: FoldResult
     step: int = 0
-    loss_sum: float = 0.0
+    loss_sum: float | torch.Tensor = 0.0     # float64 on the device between evaluations: no per-step sync
     loss_count: int = 0
 
 
@@ -286,7 +286,7 @@ def _validate(f: _Fold, cfg: TaskConfig, y_all: torch.Tensor, amp: bool) -> floa
 def _evaluate(f: _Fold, cfg: TaskConfig, y_all: torch.Tensor, amp: bool) -> None:
     """Append the step count, the mean training loss since the last evaluation and the held-out metric."""
     f.result.steps.append(f.step)
-    f.result.train_loss.append(f.loss_sum / max(f.loss_count, 1))
+    f.result.train_loss.append(float(f.loss_sum) / max(f.loss_count, 1))
     f.result.val_metric.append(_validate(f, cfg, y_all, amp))
     f.loss_sum, f.loss_count = 0.0, 0
 
@@ -301,7 +301,9 @@ def _train_epoch(f: _Fold, cfg: TaskConfig, y_all: torch.Tensor, eval_every: int
         xb, yb = dihedral_augment(f.inputs(idx), y_all[idx], f.gen)
         loss = optimisation_step(f.net, f.opt, cfg, xb, yb, amp=amp)
         f.step += 1
-        f.loss_sum += float(loss) * idx.numel()
+        # float64 on the device: the same IEEE sums as Python floats of the losses, without a
+        # host sync per step
+        f.loss_sum = f.loss_sum + loss.double() * idx.numel()
         f.loss_count += idx.numel()
         if eval_every is not None and (f.step % eval_every == 0 or f.step == f.total_steps):
             _evaluate(f, cfg, y_all, amp)
@@ -360,13 +362,16 @@ def train_setting(cfg: TaskConfig, tiles: torch.Tensor, targets: torch.Tensor, f
 
 def _fold_worker(cfg: TaskConfig, tiles: torch.Tensor, targets: torch.Tensor, folds: np.ndarray, k: int, seed: int,
                  device: str, front: Front, eval_every: int | None, amp: bool, threads: int,
-                 keep_model: bool) -> tuple[dict | None, FoldResult]:
+                 keep_model: bool, deterministic: bool) -> tuple[dict | None, FoldResult]:
     """Fold ``k`` of one setting alone, in a worker process: the task model's weights on the
-    CPU (None unless ``keep_model``) and its result without the model."""
+    CPU (None unless ``keep_model``) and its result without the model. The worker takes the
+    parent's backend policy (``deterministic``, :func:`rawdrift.runtime.configure_backends`)."""
+    from rawdrift.runtime import configure_backends
     if threads:
         torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
     dev = torch.device(device)
+    configure_backends(dev, deterministic)
     s = _on_device(tiles, targets, front, dev)
     f = _new_fold(cfg, s, front, folds, k, seed, dev)
     for _ in range(cfg.epochs):
@@ -417,7 +422,8 @@ def train_settings_in_processes(cfg: TaskConfig, settings: Sequence[tuple[torch.
         if key not in shared:
             shared[key] = _front_tiles(tiles, front).share_memory_()
     jobs = [(cfg, shared[(id(tiles), front.build is None)], targets, folds, k, seed, str(device), front, eval_every,
-             amp, threads, keep_models) for tiles, front in settings for k in range(k_folds)]
+             amp, threads, keep_models, torch.are_deterministic_algorithms_enabled())
+            for tiles, front in settings for k in range(k_folds)]
     with tmp.get_context("spawn").Pool(processes or k_folds) as pool:
         done = pool.starmap(_fold_worker, jobs, chunksize=1)
     return [[_with_model(cfg, front, *done[i * k_folds + k], device) for k in range(k_folds)]

@@ -2,8 +2,8 @@
 
 Usage: python stages/corruptions.py <dataset>
 Each train view's fold models on their held-out tiles in that view, corrupted by each
-corruption at each severity -> metrics/corruptions/<dataset>.json (per severity a 12 x (1 + C)
-matrix, identity first) and plots/corruptions/<dataset>.png (one heatmap per severity).
+corruption at each severity -> metrics/corruptions/<dataset>.json (per severity a V x (1 + C)
+matrix, V = the ``views`` param, identity first) and plots/corruptions/<dataset>.png (one heatmap per severity).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import numpy as np
 from rawdrift import params as P
 from rawdrift.corruptions import CORRUPTIONS, corruption_eval
 from rawdrift.io import write_json
+from rawdrift.isp.static import REFERENCE_VIEW, VIEWS
 from rawdrift.reports import corruption_heatmaps
-from rawdrift.runtime import resolve_device, resolve_precision
+from rawdrift.runtime import stage_platform
 from rawdrift.sources.store import load_raw_dataset, load_targets
 from rawdrift.cli import dataset_arg, run
 
@@ -25,15 +26,17 @@ def main(argv: list[str]) -> str:
     dataset = dataset_arg(argv, "corruptions.py")
     params = P.load_params()
     cp = P.corruption_params(params, CORRUPTIONS)
+    views = P.views(params, VIEWS, (REFERENCE_VIEW,))
     seed = P.seed(params)
-    with P.sourced():             # resolve_* name the value; params.yaml is where it came from
-        device = resolve_device(P.get(params, "device"))
-        amp = resolve_precision(P.get(params, "precision"), device)
+    with P.sourced():             # the values are checked there; params.yaml is where they came from
+        platform = stage_platform(*P.platform_values(params))
+    device, amp = platform.device, platform.amp
     ds = load_raw_dataset(Path("data/raw") / dataset)
     scale = int(ds.meta["width"]) / cp.reference_tile     # same field of view, larger pixels
     result = corruption_eval(Path("models") / dataset, Path("data/views") / dataset, load_targets(ds), ds.folds,
-                             ds.task, device, cp.names, cp.severities, seed=seed, scale=scale, amp=amp)
-    write_json(Path("metrics/corruptions") / f"{dataset}.json", result)
+                             ds.task, device, cp.names, cp.severities, seed=seed, scale=scale, amp=amp,
+                             views=views)
+    write_json(Path("metrics/corruptions") / f"{dataset}.json", result | {"platform": platform.record()})
     corruption_heatmaps(result, Path("plots/corruptions") / f"{dataset}.png",
                         f"{dataset}: train view x corruption of its held-out tiles, {result['metric']} "
                         f"(* best train view per column; pixel constants x {scale:.3g})")

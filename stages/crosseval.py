@@ -1,4 +1,5 @@
-"""Stage crosseval@<dataset>: every fold model of every train view on its held-out tiles in all 12 views.
+"""Stage crosseval@<dataset>: every fold model of every train view on its held-out tiles in every view
+(the ``views`` param: all 12 by default).
 
 Usage: python stages/crosseval.py <dataset>
 Writes metrics/crosseval/<dataset>.json, the matrix as plot data plots/crosseval/<dataset>.csv,
@@ -14,9 +15,10 @@ import numpy as np
 
 from rawdrift import params as P
 from rawdrift.io import write_json
+from rawdrift.isp.static import REFERENCE_VIEW, VIEWS
 from rawdrift.reports import crosseval_heatmap, pair_figure, write_matrix_csv
 from rawdrift.sources.store import load_raw_dataset, load_targets, load_view
-from rawdrift.runtime import resolve_device, resolve_precision
+from rawdrift.runtime import stage_platform
 from rawdrift.cli import dataset_arg, run
 from rawdrift.crosseval import crosseval, headline
 
@@ -24,14 +26,15 @@ from rawdrift.crosseval import crosseval, headline
 def main(argv: list[str]) -> str:
     dataset = dataset_arg(argv, "crosseval.py")
     params = P.load_params()
-    with P.sourced():             # resolve_* name the value; params.yaml is where it came from
-        device = resolve_device(P.get(params, "device"))
-        amp = resolve_precision(P.get(params, "precision"), device)
+    views = P.views(params, VIEWS, (REFERENCE_VIEW,))
+    with P.sourced():             # the values are checked there; params.yaml is where they came from
+        platform = stage_platform(*P.platform_values(params))
+    device, amp = platform.device, platform.amp
     ds = load_raw_dataset(Path("data/raw") / dataset)
     views_dir = Path("data/views") / dataset
     result = crosseval(Path("models") / dataset, views_dir, load_targets(ds), ds.folds, ds.task, device,
-                       amp=amp)
-    write_json(Path("metrics/crosseval") / f"{dataset}.json", result)
+                       views=views, amp=amp)
+    write_json(Path("metrics/crosseval") / f"{dataset}.json", result | {"platform": platform.record()})
     write_matrix_csv(result, Path("plots/crosseval") / f"{dataset}.csv")
     head = headline(result)
     crosseval_heatmap(result, Path("plots/crosseval") / f"{dataset}.png",

@@ -21,16 +21,16 @@ from rawdrift.camera import RAW_SCALE
 from rawdrift.forensics import (REGULARISERS, SEARCHES, SearchSettings, forensic_signature, forensics_sweep, lambda_key,
                                 signature_markdown)
 from rawdrift.io import atomic_file, write_json
-from rawdrift.isp import ParametrizedISP
+from rawdrift.isp import REFERENCE_VIEW, ParametrizedISP
 from rawdrift.models import check_fold_counts, load_fold_model
 from rawdrift.reports import forensics_figure, forensics_tiles
-from rawdrift.runtime import resolve_device, resolve_precision
+from rawdrift.runtime import stage_platform
 from rawdrift.sources.store import load_raw_dataset, load_targets
 from rawdrift.cli import dataset_arg, run
 from rawdrift.headline import ROOT as HEADLINE, forensics_headline
 
 #: The view the searched models were trained on: ParametrizedISP's initial parameters (eq. 6).
-VIEW = "bi_s_ga"
+VIEW = REFERENCE_VIEW
 
 
 def main(argv: list[str]) -> str:
@@ -38,9 +38,9 @@ def main(argv: list[str]) -> str:
     params = P.load_params()
     fp = P.forensics_params(params, SEARCHES, REGULARISERS)
     seed = P.seed(params)
-    with P.sourced():             # resolve_* name the value; params.yaml is where it came from
-        device = resolve_device(P.get(params, "device"))
-        amp = resolve_precision(P.get(params, "precision"), device)
+    with P.sourced():             # the values are checked there; params.yaml is where they came from
+        platform = stage_platform(*P.platform_values(params))
+    device, amp = platform.device, platform.amp
     ds = load_raw_dataset(Path("data/raw") / dataset)
     model_dir = Path("models") / dataset / VIEW
     check_fold_counts(model_dir.parent, [VIEW], int(ds.folds.max()) + 1)
@@ -54,7 +54,7 @@ def main(argv: list[str]) -> str:
                              fp.lambdas, fp.groups, settings, search_tiles=fp.search_tiles, seed=seed, amp=amp)
     signature = forensic_signature(result, fp.tolerance)
     out = Path("metrics/forensics")
-    write_json(out / f"{dataset}.json", result)
+    write_json(out / f"{dataset}.json", result | {"platform": platform.record()})
     write_json(out / f"{dataset}_signature.json", signature)
     with atomic_file(out / f"{dataset}_signature.md") as tmp:
         tmp.write_text(signature_markdown(signature, dataset))

@@ -28,7 +28,7 @@ from rawdrift.headline import ROOT as HEADLINE, optimize_headline
 from rawdrift.optimization import (MODES, isp_export, load_isp, setting_name, train_jointly,
                                    train_settings_concurrently, with_epochs)
 from rawdrift.reports import curve_table, optimization_figure, optimization_summary, write_csv
-from rawdrift.runtime import resolve_device, resolve_precision
+from rawdrift.runtime import stage_platform
 from rawdrift.sensor import intensity_name
 from rawdrift.sources.store import load_raw_dataset, load_targets
 from rawdrift.tasks import METRIC, task_config
@@ -42,9 +42,9 @@ def main(argv: list[str]) -> str:
     cfg = with_epochs(P.task_params(params, dataset, task_config), op.epochs)
     concurrent = P.concurrent_folds()
     seed = P.seed(params)
-    with P.sourced():             # resolve_* name the value; params.yaml is where it came from
-        device = resolve_device(P.get(params, "device"))
-        amp = resolve_precision(P.get(params, "precision"), device)
+    with P.sourced():             # the values are checked there; params.yaml is where they came from
+        platform = stage_platform(*P.platform_values(params))
+    device, amp = platform.device, platform.amp
     if concurrent:
         P.warn_concurrent_on_cpu(device)
     ds = load_raw_dataset(Path("data/raw") / dataset)
@@ -78,7 +78,7 @@ def main(argv: list[str]) -> str:
     plots = Path("plots/optimize") / dataset
     with atomic_dir(plots) as tmp:
         _write_curves(tmp, results, metric)
-    write_json(Path("metrics/optimize") / f"{dataset}.json", summary)
+    write_json(Path("metrics/optimize") / f"{dataset}.json", summary | {"platform": platform.record()})
     write_json(HEADLINE / f"optimize_{dataset}.json", optimize_headline(dataset, summary))
     optimization_figure(summary, _tiles(ds, results, op.intensities), Path("plots/optimize") / f"{dataset}.png",
                         f"{dataset}: drift optimization (task model {cfg.arch}, {cfg.epochs} epochs, "

@@ -20,7 +20,7 @@ from rawdrift.isp import parse_view
 from rawdrift.models import save_fold_models
 from rawdrift.sources.store import load_raw_dataset, load_targets, load_view
 from rawdrift.tasks import METRIC, task_config
-from rawdrift.runtime import resolve_device, resolve_precision
+from rawdrift.runtime import stage_platform
 from rawdrift.training import train_folds, train_folds_concurrently
 from rawdrift.cli import run
 from rawdrift.headline import ROOT as HEADLINE, train_headline
@@ -35,9 +35,9 @@ def main(argv: list[str]) -> str:
     cfg = P.train_config(params, dataset, view, task_config)
     concurrent = P.concurrent_folds()
     seed = P.seed(params)
-    with P.sourced():             # resolve_* name the value; params.yaml is where it came from
-        device = resolve_device(P.get(params, "device"))
-        amp = resolve_precision(P.get(params, "precision"), device)
+    with P.sourced():             # the values are checked there; params.yaml is where they came from
+        platform = stage_platform(*P.platform_values(params))
+    device, amp = platform.device, platform.amp
     if concurrent:
         P.warn_concurrent_on_cpu(device)
     torch.manual_seed(seed)
@@ -53,13 +53,13 @@ def main(argv: list[str]) -> str:
             results = train_folds(cfg, views, targets, ds.folds, seed, device, live=live,
                                   desc=f"train {dataset}-{view}", amp=amp)
     save_fold_models(Path("models") / dataset / view, cfg, [r.model for r in results],
-                     info={"dataset": dataset, "view": view, "seed": seed})
+                     info={"dataset": dataset, "view": view, "seed": seed, "platform": platform.record()})
     metric = METRIC[cfg.task]
     final = [r.val_metric[-1] for r in results]
     mean, std = float(np.mean(final)), float(np.std(final, ddof=1)) if len(final) > 1 else 0.0
     write_json(Path("metrics/train") / dataset / f"{view}.json",
                {"metric": metric, "folds": len(final), "per_fold": final, "mean": mean, "std": std,
-                "epochs": cfg.epochs})
+                "epochs": cfg.epochs, "platform": platform.record()})
     write_json(HEADLINE / "train" / dataset / f"{view}.json", train_headline(dataset, view, mean))
     return (f"train@{dataset}-{view}: {len(final)} folds x {cfg.epochs} epochs on {device.type}"
             f"{' (bf16)' if amp else ''}, held-out {metric} {mean:.3f} +- {std:.3f}")

@@ -9,16 +9,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from rawdrift.camera import Camera
 from rawdrift.errors import RawdriftError
 from rawdrift.io import atomic_dir
 from rawdrift.isp import VIEWS
+from rawdrift.rendering import render_stack
+from rawdrift.sensor import intensity_name
 from rawdrift.sources.store import load_raw_dataset, load_view
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = {"seed": 1, "device": "auto", "precision": "auto",
+SMALL = {"seed": 1, "device": "cpu", "precision": "auto", "deterministic": True, "views": list(VIEWS),
          "data": {"source": "synthetic", "folds": 3, "intensities": [0.1, 1.0],
                   "microscopy": {"count": 18, "tile": 32}, "drone": {"count": 6, "tile": 32}}}
 
@@ -124,6 +127,45 @@ def test_device_errors_name_the_param(tmp_path):
     assert r.returncode == 1 and r.stderr.strip() == ("error: params.yaml: train.views.microscopy-bi_s_ga.lr: "
                                                       "must be a number > 0, got 0")
     assert not (wd / "models").exists() and not (wd / "metrics").exists()
+
+
+def test_device_auto_and_a_bad_deterministic_flag_are_refused_by_stages(tmp_path):
+    """A stage's device must be named: DVC's run-cache keys on the param, not on what auto resolves to."""
+    wd = project(tmp_path, merge(merge(SMALL, TRAIN), {"device": "auto"}))
+    for script, args in (("train.py", ("microscopy", "bi_s_ga")), ("render.py", ("microscopy",))):
+        r = stage(wd, script, *args)
+        assert r.returncode == 1 and r.stderr.strip() == (
+            "error: params.yaml: device: auto is resolved only when a stage runs, where DVC's run-cache cannot "
+            "see it: name the device (cpu or cuda, e.g. -S device=cuda)")
+    wd = project(tmp_path, merge(merge(SMALL, TRAIN), {"deterministic": "yes"}))
+    r = stage(wd, "train.py", "microscopy", "bi_s_ga")
+    assert r.returncode == 1 and r.stderr.strip() == "error: params.yaml: deterministic: must be true or false, got 'yes'"
+
+
+@pytest.mark.parametrize("views, line", [
+    (["bi_s_ga"], "views: must list at least 2 views (a cross evaluation needs an off-diagonal), got ['bi_s_ga']"),
+    (["bi_s_me", "ma_s_ga"], "views: must include bi_s_ga (the reference view forensics starts from), "
+                             "got ['bi_s_me', 'ma_s_ga']"),
+    (["bi_s_ga", "bi_s_ga"], "views: lists 'bi_s_ga' twice"),
+    (["bi_s_ga", "xx_s_ga"], "views[1]: must be one of bi_s_me, bi_s_ga, "),
+])
+def test_views_param_errors_name_the_entry(fetched, tmp_path, views, line):
+    wd = project(tmp_path, merge(SMALL, {"views": views}))
+    shutil.copytree(fetched / "data/raw/drone", wd / "data/raw/drone")
+    r = stage(wd, "render.py", "drone")
+    assert r.returncode == 1 and r.stderr.strip().startswith(f"error: params.yaml: {line}"), r.stderr
+    assert not (wd / "data/views").exists()
+
+
+def test_render_writes_the_listed_views_only(fetched, tmp_path):
+    wd = project(tmp_path, merge(SMALL, {"views": ["me_u_me", "bi_s_ga"]}))
+    shutil.copytree(fetched / "data/raw/drone", wd / "data/raw/drone")
+    r = stage(wd, "render.py", "drone")
+    assert r.returncode == 0 and r.stdout.startswith("render@drone: 2 views x 6 tiles"), r.stdout + r.stderr
+    assert sorted(p.name for p in (wd / "data/views/drone").iterdir()) == ["bi_s_ga.npy", "me_u_me.npy"]
+    ds = load_raw_dataset(wd / "data/raw/drone")
+    render_stack(ds.root / f"{intensity_name(1.0)}.npy", ds.camera, tmp_path / "one", views=("me_u_me",), workers=1)
+    np.testing.assert_array_equal(load_view(wd / "data/views/drone", "me_u_me"), load_view(tmp_path / "one", "me_u_me"))
 
 
 def test_unknown_dataset_malformed_and_missing_params(tmp_path):
@@ -435,6 +477,11 @@ def test_train_stage_with_concurrent_folds_writes_the_same_models(fetched, tmp_p
         runs[flag] = (json.loads((wd / "metrics/train/microscopy/bi_s_ga.json").read_text()),
                       (wd / "models/microscopy/bi_s_ga/fold1.safetensors").read_bytes())
     assert runs["0"] == runs["1"]
+    record = runs["0"][0]["platform"]         # what the run computed on, in the metrics and the models
+    assert {k: record[k] for k in ("device", "precision", "deterministic", "backends")} == {
+        "device": "cpu", "precision": "fp32", "deterministic": True, "backends": {}}
+    assert record["torch"] == torch.__version__ and record["numpy"] == np.__version__
+    assert json.loads((wd / "models/microscopy/bi_s_ga/model.json").read_text())["platform"] == record
     r = subprocess.run([sys.executable, str(ROOT / "stages/train.py"), "microscopy", "bi_s_ga"], cwd=wd,
                        env=dict(env, RAWDRIFT_CONCURRENT_FOLDS="yes"), capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and r.stderr.strip() == "error: RAWDRIFT_CONCURRENT_FOLDS must be 0 or 1, got 'yes'"

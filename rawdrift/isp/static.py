@@ -25,6 +25,9 @@ VIEWS: tuple[str, ...] = (
     "me_s_me", "me_s_ga", "me_u_me", "me_u_ga",
 )
 
+#: The view of the differentiable ISP's initial parameters (paper eq. 6): forensics starts here.
+REFERENCE_VIEW: str = "bi_s_ga"
+
 #: Sharpening filter (paper eq. 17).
 K_SHARP = np.array([[0.0, -1.0, 0.0], [-1.0, 5.0, -1.0], [0.0, -1.0, 0.0]])
 GAMMA: float = 2.2
