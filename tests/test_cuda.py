@@ -33,7 +33,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import photo_raw
+from helpers import photo_raw
 from rawdrift.camera import CAMERAS
 from rawdrift.isp import VIEWS, ParametrizedISP, render_static
 from rawdrift.isp.batched import render_batch

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import photo_raw
+from helpers import photo_raw
 from rawdrift.camera import CAMERAS
 from rawdrift.errors import RawdriftError
 from rawdrift.forensics import (REGULARISERS, SEARCHES, SearchSettings, adversarial_search,

@@ -15,11 +15,11 @@ import tifffile
 import yaml
 from PIL import Image
 
+from helpers import stage
 from rawdrift.camera import CAMERAS
 from rawdrift.errors import RawdriftError
 from rawdrift.sources import folder, zenodo
 from rawdrift.sources.store import load_raw_dataset, load_targets
-from test_stages import stage
 
 RATIOS = [0.01, 1.0]
 
