@@ -40,3 +40,47 @@ def stage(workdir: Path, script: str, *args: str, **env_vars: str) -> subprocess
     env = dict(os.environ, RAWDRIFT_WORKERS="2", **env_vars)
     return subprocess.run([sys.executable, str(ROOT / "stages" / script), *args], cwd=workdir, env=env,
                           capture_output=True, text=True, timeout=300)
+
+
+# --- a miniature Zenodo record (the folder and Zenodo sources) ---------------------------------
+
+#: The intensities of the miniature record.
+RATIOS = [0.01, 1.0]
+
+
+def raw_tile(rng: np.random.Generator, h: int = 32, w: int = 32, level: int = 4000) -> np.ndarray:
+    """A uint16 raw frame of noise above ``level``."""
+    return rng.integers(level, level + 3000, size=(h, w)).astype(np.uint16)
+
+
+def record_tree(root: Path, bad_class_images: int = 2) -> dict:
+    """A miniature record: microscopy (3 classes, one too small) and one drone image with a car."""
+    import tifffile
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    files = {}
+    lines = []
+    classes = {"LYT": 5, "MON": 6, "BAS": bad_class_images}
+    for cls, n in classes.items():
+        for i in range(n):
+            stem = f"Ma190c_{cls}_{i}"
+            base = raw_tile(rng)
+            for r in RATIOS:
+                p = root / f"microscopy/images/raw_scale{round(r * 100):03d}/{stem}.tiff"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                tifffile.imwrite(p, (base * r).astype(np.uint16))
+            files[stem] = base
+            lines.append(f"{stem}.tiff {cls}")
+    lab = root / "microscopy/labels/Ma190c_annotations.dat"
+    lab.parent.mkdir(parents=True)
+    lab.write_text("\n".join(lines) + "\n")
+    img = raw_tile(rng, 64, 96)
+    for r in RATIOS:
+        p = root / f"drone/images_full/raw_scale{round(r * 100):03d}/DJI_0001.tif"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(p, (img * r).astype(np.uint16))
+    mask = np.zeros((64, 96), np.uint8)
+    mask[5:15, 40:50] = 255           # one car in tile (0, 32); the other 5 tiles are empty
+    (root / "drone/masks_full").mkdir(parents=True)
+    Image.fromarray(mask).save(root / "drone/masks_full/DJI_0001.png")
+    return {"micro": files, "drone": img, "mask": mask}

@@ -1,62 +1,18 @@
-"""Real-data sources: a folder of raw files (record layout or own) and the Zenodo record through
-a local HTTP server that speaks the REST API's shape (no network)."""
+"""Real-data sources, a folder of raw files (rawdrift.sources.folder): the Zenodo record's layout,
+an own layout (labels.csv + camera.json), what bad files get, and DNG files through rawpy."""
 
-import hashlib
-import io
 import json
-import threading
-import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
-import yaml
-from PIL import Image
 
-from helpers import stage
+from helpers import RATIOS, raw_tile, record_tree
 from rawdrift.camera import CAMERAS
 from rawdrift.errors import RawdriftError
-from rawdrift.sources import folder, zenodo
+from rawdrift.sources import folder
 from rawdrift.sources.store import load_raw_dataset, load_targets
-
-RATIOS = [0.01, 1.0]
-
-
-def _raw(rng, h=32, w=32, level=4000):
-    return rng.integers(level, level + 3000, size=(h, w)).astype(np.uint16)
-
-
-def record_tree(root: Path, bad_class_images: int = 2) -> dict:
-    """A miniature record: microscopy (3 classes, one too small) and one drone image with a car."""
-    rng = np.random.default_rng(0)
-    files = {}
-    lines = []
-    classes = {"LYT": 5, "MON": 6, "BAS": bad_class_images}
-    for cls, n in classes.items():
-        for i in range(n):
-            stem = f"Ma190c_{cls}_{i}"
-            base = _raw(rng)
-            for r in RATIOS:
-                p = root / f"microscopy/images/raw_scale{round(r * 100):03d}/{stem}.tiff"
-                p.parent.mkdir(parents=True, exist_ok=True)
-                tifffile.imwrite(p, (base * r).astype(np.uint16))
-            files[stem] = base
-            lines.append(f"{stem}.tiff {cls}")
-    lab = root / "microscopy/labels/Ma190c_annotations.dat"
-    lab.parent.mkdir(parents=True)
-    lab.write_text("\n".join(lines) + "\n")
-    img = _raw(rng, 64, 96)
-    for r in RATIOS:
-        p = root / f"drone/images_full/raw_scale{round(r * 100):03d}/DJI_0001.tif"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tifffile.imwrite(p, (img * r).astype(np.uint16))
-    mask = np.zeros((64, 96), np.uint8)
-    mask[5:15, 40:50] = 255           # one car in tile (0, 32); the other 5 tiles are empty
-    (root / "drone/masks_full").mkdir(parents=True)
-    Image.fromarray(mask).save(root / "drone/masks_full/DJI_0001.png")
-    return {"micro": files, "drone": img, "mask": mask}
 
 
 def test_record_layout_microscopy(tmp_path):
@@ -96,7 +52,7 @@ def own_tree(root: Path, n=6, labels=True):
     (root / "raw_scale100").mkdir(parents=True)
     rows = ["file,class"]
     for i in range(n):
-        tifffile.imwrite(root / f"raw_scale100/cell{i}.tif", _raw(rng, 20, 20))
+        tifffile.imwrite(root / f"raw_scale100/cell{i}.tif", raw_tile(rng, 20, 20))
         rows.append(f"cell{i}.tif,{'A' if i % 2 else 'B'}")
     if labels:
         (root / "labels.csv").write_text("\n".join(rows) + "\n")
@@ -141,159 +97,6 @@ def test_unmatched_layout_lists_what_was_found(tmp_path):
     own_tree(tmp_path / "y", labels=False)
     with pytest.raises(RawdriftError, match="no labels .*found: .*raw_scale100/"):
         folder.discover(tmp_path / "y", "microscopy")
-
-
-# --- Zenodo through a local server ---------------------------------------------------------
-
-def _zip(tree: Path | None = None, extra: dict | None = None) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        if tree is not None:
-            for p in sorted(tree.rglob("*")):
-                if p.is_file():
-                    zf.write(p, p.relative_to(tree).as_posix())
-        for name, data in (extra or {}).items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
-class Record:
-    """Serves GET /api/records/<id> and /files/<key> (Range supported); ``truncate`` cuts the
-    first ``n`` responses of a file short, ``corrupt`` serves other bytes than listed."""
-
-    def __init__(self, files: dict[str, bytes]):
-        self.files = files
-        self.listed = {k: hashlib.md5(v).hexdigest() for k, v in files.items()}
-        self.truncate: dict[str, int] = {}
-        self.ranges: list[str] = []
-        rec = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                if self.path.startswith("/api/records/"):
-                    port = self.server.server_address[1]
-                    body = json.dumps({"id": 1, "files": [
-                        {"key": k, "size": len(v), "checksum": f"md5:{rec.listed[k]}",
-                         "links": {"self": f"http://127.0.0.1:{port}/files/{k}"}} for k, v in rec.files.items()]})
-                    self._send(200, body.encode(), "application/json")
-                    return
-                key = self.path.rsplit("/", 1)[-1]
-                data = rec.files[key]
-                start = 0
-                if "Range" in self.headers:
-                    rec.ranges.append(self.headers["Range"])
-                    start = int(self.headers["Range"].split("=")[1].split("-")[0])
-                chunk = data[start:]
-                self.send_response(206 if start else 200)
-                self.send_header("Content-Length", str(len(chunk)))
-                self.end_headers()
-                if rec.truncate.get(key, 0) > 0:
-                    rec.truncate[key] -= 1
-                    self.wfile.write(chunk[: len(chunk) // 2])
-                    self.close_connection = True
-                    return
-                self.wfile.write(chunk)
-
-            def _send(self, code, body, ctype):
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.api = f"http://127.0.0.1:{self.server.server_address[1]}/api/records"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def record(tmp_path):
-    record_tree(tmp_path / "tree")
-    rec = Record({"Raw-Microscopy.zip": _zip(tmp_path / "tree/microscopy"),
-                  "Raw-Drone.zip": _zip(tmp_path / "tree/drone")})
-    yield rec
-    rec.close()
-
-
-def test_zenodo_record_downloads_verifies_extracts_and_resumes(tmp_path, record):
-    record.truncate["Raw-Microscopy.zip"] = 1          # the first response breaks off half-way
-    root = zenodo.fetch_record("microscopy", tmp_path / "dl", record.api, 1, backoff=0.01)
-    assert record.ranges and record.ranges[0].startswith("bytes=") and record.ranges[0] != "bytes=0-"
-    assert (tmp_path / "dl/1/Raw-Microscopy.zip").exists() and not (tmp_path / "dl/1/Raw-Drone.zip").exists()
-    meta = folder.build("microscopy", root, tmp_path / "out", tile=32, count=0, folds=3, seed=0, intensities=RATIOS)
-    assert meta["count"] == 11
-    # a second fetch finds the verified file and downloads nothing (any download would now break off)
-    record.truncate["Raw-Microscopy.zip"] = 99
-    assert zenodo.fetch_record("microscopy", tmp_path / "dl", record.api, 1, retries=0) == root
-
-
-def test_zenodo_checksum_mismatch_fails_and_keeps_nothing(tmp_path, record):
-    record.listed["Raw-Drone.zip"] = "0" * 32
-    with pytest.raises(RawdriftError, match=r"Raw-Drone.zip failed after 2 attempt\(s\) \(checksum mismatch: md5 "):
-        zenodo.fetch_record("drone", tmp_path / "dl", record.api, 1, retries=1, backoff=0.01)
-    assert not list((tmp_path / "dl/1").glob("Raw-Drone.zip*"))
-
-
-def test_zenodo_truncated_every_time_fails_with_the_byte_count(tmp_path, record):
-    record.truncate["Raw-Drone.zip"] = 99
-    with pytest.raises(RawdriftError, match=r"Raw-Drone.zip failed after 3 attempt\(s\) \(truncated: \d+ of \d+ bytes\)"):
-        zenodo.fetch_record("drone", tmp_path / "dl", record.api, 1, retries=2, backoff=0.01)
-
-
-@pytest.mark.parametrize("member, msg", [
-    ("../evil.txt", "'..' in the path refused"),
-    ("/etc/evil.txt", "absolute path refused"),
-])
-def test_zip_slip_archives_are_refused(tmp_path, member, msg):
-    rec = Record({"Raw-Drone.zip": _zip(extra={"drone/ok.txt": "x", member: "pwned"})})
-    try:
-        with pytest.raises(RawdriftError, match=msg):
-            zenodo.fetch_record("drone", tmp_path / "dl", rec.api, 1, backoff=0.01)
-    finally:
-        rec.close()
-    assert not (tmp_path / "dl/evil.txt").exists() and not (tmp_path / "dl/1/extracted/Raw-Drone").exists()
-
-
-def test_links_and_zip_bombs_are_refused(tmp_path):
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        info = zipfile.ZipInfo("drone/link")
-        info.external_attr = (0o120777 << 16)
-        zf.writestr(info, "/etc/passwd")
-    (tmp_path / "a.zip").write_bytes(buf.getvalue())
-    with pytest.raises(RawdriftError, match="is a link; refused"):
-        zenodo.extract_zip(tmp_path / "a.zip", tmp_path / "x", 1 << 20)
-    (tmp_path / "b.zip").write_bytes(_zip(extra={"big.bin": b"\0" * 200_000}))
-    with pytest.raises(RawdriftError, match="would expand to 200000 bytes, more than the limit 100000"):
-        zenodo.extract_zip(tmp_path / "b.zip", tmp_path / "y", 100_000)
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
-
-
-def test_fetch_stage_with_the_zenodo_source(tmp_path, record):
-    params = {"seed": 0, "data": {"source": "zenodo", "folds": 2, "intensities": RATIOS,
-                                  "drone": {"count": 0, "tile": 16},
-                                  "zenodo": {"record": 1, "api": record.api, "downloads": "downloads",
-                                             "max_extract_gb": 1, "retries": 0}}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    r = stage(tmp_path, "fetch.py", "drone")
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("fetch@drone: 2 tiles 16x16 at 2 intensities, 2 folds")
-    meta = json.loads((tmp_path / "data/raw/drone/meta.json").read_text())
-    assert meta["source"] == "zenodo" and meta["provenance"]["doi"] == "10.5281/zenodo.1"
-    record.listed["Raw-Drone.zip"] = "f" * 32                   # now the record disagrees with the bytes
-    (tmp_path / "downloads/1/Raw-Drone.zip").unlink()
-    r = stage(tmp_path, "fetch.py", "drone")
-    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
-    assert "Raw-Drone.zip failed after 1 attempt(s) (checksum mismatch" in r.stderr
-    assert not (tmp_path / "data/raw/drone.tmp").exists() and meta == json.loads(
-        (tmp_path / "data/raw/drone/meta.json").read_text())          # the earlier output is untouched
 
 
 # --- DNG through rawpy ---------------------------------------------------------------------
