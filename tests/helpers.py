@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 #: The repository root.
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,3 +85,32 @@ def record_tree(root: Path, bad_class_images: int = 2) -> dict:
     (root / "drone/masks_full").mkdir(parents=True)
     Image.fromarray(mask).save(root / "drone/masks_full/DJI_0001.png")
     return {"micro": files, "drone": img, "mask": mask}
+
+
+# --- toy tasks (training, cross-evaluation, task models) -------------------------------------
+
+#: A small segmentation network (drone task) that learns square_task in a few epochs.
+SEG = dict(arch="unetplusplus", encoder="mobilenet_v2", encoder_depth=3, decoder_channels=[16, 8, 4],
+           epochs=12, batch_size=8, lr=3e-3, schedule="cosine", loss="dice_bce")
+
+
+def colour_task(n=48, size=16, seed=0):
+    """Three classes told apart by colour, with noise: learnable in a few epochs."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 3
+    base = torch.tensor([[0.8, 0.2, 0.2], [0.2, 0.8, 0.2], [0.2, 0.2, 0.8]])[y]
+    x = (base[:, :, None, None] + 0.15 * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1)
+    folds = np.arange(n) % 2
+    return x, y, folds
+
+
+def square_task(n=48, size=32, seed=0):
+    """Bright squares on a textured background; the mask is the square."""
+    g = torch.Generator().manual_seed(seed)
+    x = 0.3 + 0.1 * torch.rand(n, 3, size, size, generator=g)
+    m = torch.zeros(n, size, size, dtype=torch.uint8)
+    for i in range(n):
+        r, c = torch.randint(0, size - 10, (2,), generator=g).tolist()
+        x[i, :, r:r + 10, c:c + 10] = 0.9
+        m[i, r:r + 10, c:c + 10] = 1
+    return x, m, np.arange(n) % 2
