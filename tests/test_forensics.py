@@ -1,5 +1,5 @@
-"""Drift forensics: SSIM, the adversarial search, the signature (the constrained ISP it searches:
-tests/isp/test_constraints.py)."""
+"""Drift forensics (rawdrift.forensics): SSIM, the adversarial search, the signature. The constrained
+ISP it searches: tests/isp/test_constraints.py; the forensics params: tests/test_params.py."""
 
 import numpy as np
 import pytest
@@ -8,11 +8,9 @@ from torch import nn
 
 from rawdrift.camera import CAMERAS
 from rawdrift.errors import RawdriftError
-from rawdrift.forensics import (REGULARISERS, SEARCHES, SearchSettings, adversarial_search,
-                                adversarial_searches, describe_change, forensic_signature,
-                                forensics_sweep, lambda_key, signature_markdown, ssim)
+from rawdrift.forensics import (SearchSettings, adversarial_search, adversarial_searches, describe_change,
+                                forensic_signature, forensics_sweep, lambda_key, signature_markdown, ssim)
 from rawdrift.isp import PARAMETER_GROUPS, ParametrizedISP
-from rawdrift.params import forensics_params, load_params
 from rawdrift.tasks import TaskConfig
 
 
@@ -132,30 +130,6 @@ def test_describe_change_speaks_in_the_groups_terms():
     assert "more smoothing" in describe_change("denoising", k, k - np.eye(5)[2:3].T @ np.eye(5)[2:3] * 0.1)
 
 
-def check_forensics(params: dict) -> dict:
-    return forensics_params(params, SEARCHES, REGULARISERS)
-
-
-@pytest.mark.parametrize("patch, msg", [
-    ({"lambda": -1e-3}, "forensics.lambda[0]: must be a number >= 0, got -0.001"),
-    ({"lambda": [1e-3, "big"]}, "forensics.lambda[1]: must be a number >= 0, got 'big'"),
-    ({"lambda": [1.0, float("inf")]}, "forensics.lambda[1]: must be a number >= 0, got inf"),
-    ({"lambda": [1.0, 1]}, "forensics.lambda: lists 1.0 twice"),
-    ({"parameters": ["all", "saturation"]}, "forensics.parameters[1]: must be one of all, black_level, "),
-    ({"regulariser": "l1"}, "forensics.regulariser: must be one of l2, ssim, got 'l1'"),
-    ({"tolerance": 2}, "forensics.tolerance: must be a number in [0, 1], got 2"),
-    ({"epochs": 0}, "forensics.epochs: must be an integer >= 1, got 0"),
-])
-def test_forensics_params_reject_out_of_range_values(patch, msg):
-    base = {"lambda": [1.0, 1e-3], "parameters": ["all", "gamma"], "epochs": 20, "lr": 0.01, "batch_size": 16,
-            "search_tiles": 0, "regulariser": "l2", "tolerance": 0.05}
-    assert check_forensics({"forensics": base}).lambdas == [1.0, 1e-3]
-    assert check_forensics({"forensics": {**base, "lambda": 1e-3}}).lambdas == [1e-3]   # -S forensics.lambda=1e-3
-    with pytest.raises(RawdriftError) as e:
-        check_forensics({"forensics": {**base, **patch}})
-    assert str(e.value).startswith(f"params.yaml: {msg}"), str(e.value)
-
-
 def test_searches_stepped_together_equal_searches_run_alone():
     camera, raw, labels, model, cfg, folds = toy_case()
     settings = [SearchSettings(lam=lam, group=g, epochs=3, lr=0.02, batch_size=8)
@@ -167,13 +141,3 @@ def test_searches_stepped_together_equal_searches_run_alone():
             np.testing.assert_allclose(value, alone[g], rtol=1e-5, atol=1e-6, err_msg=f"{s.group} {g}")
     with pytest.raises(RawdriftError, match="share epochs"):
         adversarial_searches(model, cfg, camera, raw, labels, [settings[0], SearchSettings(lam=1.0, epochs=4)], [1, 2])
-
-
-def test_params_read_exponent_floats_as_dvc_writes_them(tmp_path):
-    """`dvc exp run -S forensics.lambda=1e-3` writes `1e-3`, a string to plain PyYAML (YAML 1.1)."""
-    path = tmp_path / "params.yaml"
-    path.write_text("forensics:\n  lambda: 1e-3\n  lr: 2.5E+1\n  epochs: 20\n  name: 1e3x\n"
-                    "  list: [1e4, 1.5, .5, 7]\n")
-    f = load_params(path)["forensics"]
-    assert f["lambda"] == 1e-3 and f["lr"] == 25.0 and f["list"] == [1e4, 1.5, 0.5, 7]
-    assert type(f["epochs"]) is int and type(f["list"][3]) is int and f["name"] == "1e3x"
