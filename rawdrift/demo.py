@@ -27,7 +27,7 @@ from rawdrift.errors import RawdriftError
 
 SOURCE = Path(__file__).resolve().parents[1]
 
-#: The demo's changes to params.yaml: the data of tests/test_stages.py's SMALL, every stage at
+#: The demo's changes to params.yaml: the data of tests/stages/test_stages.py's SMALL, every stage at
 #: its smallest.
 PROFILE = {
     "seed": 1, "device": "cpu", "precision": "fp32",

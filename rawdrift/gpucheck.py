@@ -2,7 +2,7 @@
 
 ``python -m rawdrift.gpucheck`` runs, in this order and within one time budget (10 minutes):
 
-1. ``tests``: the CUDA tests (``pytest tests/test_cuda.py tests/test_differentiable_isp.py``),
+1. ``tests``: the CUDA tests (``pytest tests/test_cuda.py tests/isp/test_differentiable.py``),
    report ``bench/gpu-check/pytest.xml``;
 2. ``repro``: the whole DAG at the tests' tiny profile in a scratch git + DVC workspace
    (:mod:`rawdrift.demo`) with ``device: cuda`` and ``precision: auto``, i.e. ``dvc repro`` as
@@ -33,8 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 NO_CUDA = "make gpu-check: no CUDA device (torch.cuda.is_available() is false)"
 STEPS = ("tests", "repro", "bench")
-#: The CUDA tests; test_differentiable_isp.py holds the ISP's original CUDA-vs-CPU check.
-TESTS = ("tests/test_cuda.py", "tests/test_differentiable_isp.py")
+#: The CUDA tests; tests/isp/test_differentiable.py holds the ISP's original CUDA-vs-CPU check.
+TESTS = ("tests/test_cuda.py", "tests/isp/test_differentiable.py")
 BUDGET_S = 600
 
 

@@ -33,7 +33,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import photo_raw
+from helpers import photo_raw
 from rawdrift.camera import CAMERAS
 from rawdrift.isp import VIEWS, ParametrizedISP, render_static
 from rawdrift.isp.batched import render_batch
@@ -223,7 +223,7 @@ def test_gradcheck_on_device(device):
 
 
 # ---------------------------------------------------------------------------------------------
-# the task-level stages on tiny data, CUDA against the CPU (stage scripts, as tests/test_stages.py)
+# the task-level stages on tiny data, CUDA against the CPU (stage scripts, as tests/stages/test_stages.py)
 
 TRAIN_VIEWS = ("bi_s_ga", "me_u_me")
 CORRUPTIONS = ("gaussian_noise", "contrast")

@@ -1,110 +1,17 @@
-"""Drift forensics: constrained ISP parameters, SSIM, the adversarial search, the signature."""
+"""Drift forensics (rawdrift.forensics): SSIM, the adversarial search, the signature. The constrained
+ISP it searches: tests/isp/test_constraints.py; the forensics params: tests/test_params.py."""
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from conftest import photo_raw
 from rawdrift.camera import CAMERAS
 from rawdrift.errors import RawdriftError
-from rawdrift.forensics import (REGULARISERS, SEARCHES, SearchSettings, adversarial_search,
-                                adversarial_searches, describe_change, forensic_signature,
-                                forensics_sweep, lambda_key, signature_markdown, ssim)
+from rawdrift.forensics import (SearchSettings, adversarial_search, adversarial_searches, describe_change,
+                                forensic_signature, forensics_sweep, lambda_key, signature_markdown, ssim)
 from rawdrift.isp import PARAMETER_GROUPS, ParametrizedISP
-from rawdrift.isp.constraints import FixedSum, Positive, SignedPositive, SoftClamp, constrain, free_parameters
-from rawdrift.params import forensics_params, load_params
 from rawdrift.tasks import TaskConfig
-
-
-# --- constraints -------------------------------------------------------------------------
-
-@pytest.mark.parametrize("module, value", [
-    (SoftClamp(), torch.tensor([9.8e-6, 0.0625, 0.5, 0.97], dtype=torch.float64)),
-    (SignedPositive(torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)),
-     torch.tensor([-0.6567, 1.9673, 0.004], dtype=torch.float64)),
-    (Positive(), torch.tensor([2.2], dtype=torch.float64)),
-    (FixedSum(torch.eye(3, dtype=torch.float64) * 2, ndim=1), torch.eye(3, dtype=torch.float64) * 2),
-])
-def test_parametrizations_invert_and_have_gradients(module, value):
-    u = module.right_inverse(value)
-    np.testing.assert_allclose(module(u).numpy(), value.numpy(), rtol=1e-9, atol=1e-12)
-    assert torch.autograd.gradcheck(module, (u.clone().requires_grad_(True),), eps=1e-7, atol=1e-6)
-
-
-def test_soft_clamp_is_identity_inside_and_bounded_outside():
-    f = SoftClamp()
-    u = torch.tensor([-5.0, -0.01, 0.02, 0.5, 0.98, 1.01, 7.0], dtype=torch.float64)
-    v = f(u)
-    assert ((v >= 0) & (v <= 1)).all()
-    np.testing.assert_allclose(v[2:5].numpy(), u[2:5].numpy(), atol=1e-12)
-    assert v[0] < 1e-30 and v[-1] == pytest.approx(1.0)
-
-
-def test_constrained_isp_reproduces_the_plain_one(camera):
-    raw = torch.from_numpy(photo_raw(camera, "astronaut"))[None].float()
-    plain, constrained = ParametrizedISP(camera), constrain(ParametrizedISP(camera))
-    # float32 rounding of the mapped parameters (~1e-12 on a black level) is amplified only
-    # where gamma's slope diverges (outputs near 0), as in the plain model's own eq. 6 test
-    assert (plain(raw) - constrained(raw)).abs().max() < 1e-4
-    for g in PARAMETER_GROUPS:
-        assert torch.allclose(getattr(plain, g), getattr(constrained, g), rtol=1e-6, atol=1e-9), g
-
-
-def test_constraints_hold_under_a_search_pushing_past_them(camera):
-    raw = torch.from_numpy(photo_raw(camera, "coffee"))[None].float()
-    isp = constrain(ParametrizedISP(camera))
-    start = {g: getattr(isp, g).detach().clone() for g in PARAMETER_GROUPS}
-    opt = torch.optim.Adam(free_parameters(isp, "all"), lr=0.3)
-    g = torch.Generator().manual_seed(0)
-    pull = {k: torch.randn(start[k].shape, generator=g) for k in ("demosaic", "sharpening", "denoising", "colour_matrix")}
-    for _ in range(40):     # black level up, gains and gamma down, kernels and matrix anywhere
-        loss = (-isp.black_level.sum() + isp.white_balance.abs().sum() + isp.gamma.sum()
-                - sum((getattr(isp, k) * w).sum() for k, w in pull.items()))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    bl, wb, gamma = isp.black_level.detach(), isp.white_balance.detach(), isp.gamma.detach()
-    assert ((bl >= 0) & (bl <= 1)).all() and bl.min() > 0.9
-    assert (torch.sign(wb) == torch.sign(start["white_balance"])).all() or (wb == 0).any()
-    assert (wb.abs() < 0.05).all() and (gamma > 0).all() and gamma < 0.1
-    for g, dims in (("demosaic", (1, 2)), ("sharpening", (0, 1)), ("denoising", (0, 1)), ("colour_matrix", (1,))):
-        now, before = getattr(isp, g).detach().sum(dims), start[g].sum(dims)
-        assert torch.allclose(now, before, atol=2e-5), g
-        assert (getattr(isp, g).detach() - start[g]).abs().max() > 0.5, g       # and it did move
-    assert torch.isfinite(isp(raw)).all()
-
-
-def test_searching_one_group_leaves_the_others_exactly():
-    camera = CAMERAS["drone"]
-    raw = torch.from_numpy(photo_raw(camera, "chelsea"))[None].float()
-    isp = constrain(ParametrizedISP(camera))
-    before = isp.to_dict()
-    opt = torch.optim.Adam(free_parameters(isp, "gamma"), lr=0.1)
-    for _ in range(5):
-        opt.zero_grad()
-        isp(raw).mean().backward()
-        opt.step()
-    after = isp.to_dict()
-    assert after["gamma"] != before["gamma"]
-    assert all(after[g] == before[g] for g in PARAMETER_GROUPS if g != "gamma")
-    with pytest.raises(RawdriftError, match="unknown parameter group"):
-        free_parameters(isp, "saturation")
-
-
-def test_load_dict_into_a_constrained_isp_round_trips():
-    camera = CAMERAS["microscopy"]
-    raw = torch.from_numpy(photo_raw(camera, "astronaut"))[None].float()
-    a = constrain(ParametrizedISP(camera))
-    opt = torch.optim.Adam(free_parameters(a, "all"), lr=0.05)
-    for _ in range(3):
-        opt.zero_grad()
-        a(raw).std().backward()
-        opt.step()
-    b = constrain(ParametrizedISP(camera)).load_dict(a.to_dict())
-    c = ParametrizedISP(camera).load_dict(a.to_dict())
-    with torch.no_grad():
-        assert (a(raw) - b(raw)).abs().max() < 1e-5 and (a(raw) - c(raw)).abs().max() < 1e-5
 
 
 # --- SSIM ----------------------------------------------------------------------------------
@@ -223,30 +130,6 @@ def test_describe_change_speaks_in_the_groups_terms():
     assert "more smoothing" in describe_change("denoising", k, k - np.eye(5)[2:3].T @ np.eye(5)[2:3] * 0.1)
 
 
-def check_forensics(params: dict) -> dict:
-    return forensics_params(params, SEARCHES, REGULARISERS)
-
-
-@pytest.mark.parametrize("patch, msg", [
-    ({"lambda": -1e-3}, "forensics.lambda[0]: must be a number >= 0, got -0.001"),
-    ({"lambda": [1e-3, "big"]}, "forensics.lambda[1]: must be a number >= 0, got 'big'"),
-    ({"lambda": [1.0, float("inf")]}, "forensics.lambda[1]: must be a number >= 0, got inf"),
-    ({"lambda": [1.0, 1]}, "forensics.lambda: lists 1.0 twice"),
-    ({"parameters": ["all", "saturation"]}, "forensics.parameters[1]: must be one of all, black_level, "),
-    ({"regulariser": "l1"}, "forensics.regulariser: must be one of l2, ssim, got 'l1'"),
-    ({"tolerance": 2}, "forensics.tolerance: must be a number in [0, 1], got 2"),
-    ({"epochs": 0}, "forensics.epochs: must be an integer >= 1, got 0"),
-])
-def test_forensics_params_reject_out_of_range_values(patch, msg):
-    base = {"lambda": [1.0, 1e-3], "parameters": ["all", "gamma"], "epochs": 20, "lr": 0.01, "batch_size": 16,
-            "search_tiles": 0, "regulariser": "l2", "tolerance": 0.05}
-    assert check_forensics({"forensics": base}).lambdas == [1.0, 1e-3]
-    assert check_forensics({"forensics": {**base, "lambda": 1e-3}}).lambdas == [1e-3]   # -S forensics.lambda=1e-3
-    with pytest.raises(RawdriftError) as e:
-        check_forensics({"forensics": {**base, **patch}})
-    assert str(e.value).startswith(f"params.yaml: {msg}"), str(e.value)
-
-
 def test_searches_stepped_together_equal_searches_run_alone():
     camera, raw, labels, model, cfg, folds = toy_case()
     settings = [SearchSettings(lam=lam, group=g, epochs=3, lr=0.02, batch_size=8)
@@ -258,13 +141,3 @@ def test_searches_stepped_together_equal_searches_run_alone():
             np.testing.assert_allclose(value, alone[g], rtol=1e-5, atol=1e-6, err_msg=f"{s.group} {g}")
     with pytest.raises(RawdriftError, match="share epochs"):
         adversarial_searches(model, cfg, camera, raw, labels, [settings[0], SearchSettings(lam=1.0, epochs=4)], [1, 2])
-
-
-def test_params_read_exponent_floats_as_dvc_writes_them(tmp_path):
-    """`dvc exp run -S forensics.lambda=1e-3` writes `1e-3`, a string to plain PyYAML (YAML 1.1)."""
-    path = tmp_path / "params.yaml"
-    path.write_text("forensics:\n  lambda: 1e-3\n  lr: 2.5E+1\n  epochs: 20\n  name: 1e3x\n"
-                    "  list: [1e4, 1.5, .5, 7]\n")
-    f = load_params(path)["forensics"]
-    assert f["lambda"] == 1e-3 and f["lr"] == 25.0 and f["list"] == [1e4, 1.5, 0.5, 7]
-    assert type(f["epochs"]) is int and type(f["list"][3]) is int and f["name"] == "1e3x"

@@ -4,14 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import mosaic_from_rgb, photo_raw
+from helpers import mosaic_from_rgb, photo_raw
 from rawdrift.camera import CAMERAS
 from rawdrift.errors import RawdriftError
 from rawdrift.isp import PARAMETER_GROUPS, ParametrizedISP
 from rawdrift.optimization import (MODES, JointFold, isp_export, load_isp, make_front, pack_raw, setting_name,
                                    train_jointly, train_settings_concurrently)
 from rawdrift.reports import curve_table, optimization_summary
-from rawdrift.params import optimize_params
 from rawdrift.tasks import TaskConfig
 from rawdrift.training import train_folds
 
@@ -163,19 +162,3 @@ def test_learned_isp_export_reads_back(toy):
         load_isp({"parameters": fold.isp})
     with pytest.raises(RawdriftError, match="no learned ISP"):
         isp_export(JointFold("frozen", 1.0, 0, isp=fold.isp), camera, "microscopy")
-
-
-@pytest.mark.parametrize("patch, msg", [
-    ({"modes": ["learned", "tuned"]}, "optimize.modes[1]: must be one of learned, frozen, raw, got 'tuned'"),
-    ({"intensities": [0.01, 1.5]}, "optimize.intensities[1]: must be a number in (0, 1], got 1.5"),
-    ({"intensities": [0.01, 0.012]}, "optimize.intensities: lists 0.01 and 0.012, which count as the same entry"),
-    ({"isp_lr": 0}, "optimize.isp_lr: must be a number > 0, got 0"),
-    ({"microscopy": {"epochs": 0, "eval_every": 1}}, "optimize.microscopy.epochs: must be an integer >= 1, got 0"),
-])
-def test_optimize_params_errors_name_the_param(patch, msg):
-    base = {"modes": ["learned", "frozen", "raw"], "intensities": [0.01, 1.0], "isp_lr": 0.01,
-            "microscopy": {"epochs": 2, "eval_every": 1}}
-    assert optimize_params({"optimize": base}, "microscopy", MODES).intensities == [0.01, 1.0]
-    with pytest.raises(RawdriftError) as e:
-        optimize_params({"optimize": {**base, **patch}}, "microscopy", MODES)
-    assert str(e.value) == f"params.yaml: {msg}"

@@ -1,48 +1,15 @@
-"""Task models, the k-fold training loop, saved models and the cross-evaluation schema."""
+"""The k-fold training loop (rawdrift.training): augmentation, learning and determinism, batch-norm
+recalibration, concurrent folds, the evaluation schedule, fronts. The task models, saved models
+and the cross-evaluation they feed: test_tasks.py, test_models.py, test_crosseval.py."""
 
 import numpy as np
 import pytest
 import torch
 
-from rawdrift.corruptions import corruption_eval, corruption_headline
-from rawdrift.crosseval import crosseval, headline
+from helpers import SEG, colour_task, square_task
 from rawdrift.errors import RawdriftError
-from rawdrift.models import load_fold_model, save_fold_models
-from rawdrift.params import train_config
-from rawdrift.sources.store import view_to_uint16
-from rawdrift.tasks import TaskModel, predict, score, task_config
-from rawdrift.runtime import resolve_precision
+from rawdrift.tasks import task_config
 from rawdrift.training import dihedral_augment, train_folds
-
-
-def train_config_(params: dict, dataset: str, view: str):
-    return train_config(params, dataset, view, task_config)
-
-
-SEG = dict(arch="unetplusplus", encoder="mobilenet_v2", encoder_depth=3, decoder_channels=[16, 8, 4],
-           epochs=12, batch_size=8, lr=3e-3, schedule="cosine", loss="dice_bce")
-
-
-def colour_task(n=48, size=16, seed=0):
-    """Three classes told apart by colour, with noise: learnable in a few epochs."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % 3
-    base = torch.tensor([[0.8, 0.2, 0.2], [0.2, 0.8, 0.2], [0.2, 0.2, 0.8]])[y]
-    x = (base[:, :, None, None] + 0.15 * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1)
-    folds = np.arange(n) % 2
-    return x, y, folds
-
-
-def square_task(n=48, size=32, seed=0):
-    """Bright squares on a textured background; the mask is the square."""
-    g = torch.Generator().manual_seed(seed)
-    x = 0.3 + 0.1 * torch.rand(n, 3, size, size, generator=g)
-    m = torch.zeros(n, size, size, dtype=torch.uint8)
-    for i in range(n):
-        r, c = torch.randint(0, size - 10, (2,), generator=g).tolist()
-        x[i, :, r:r + 10, c:c + 10] = 0.9
-        m[i, r:r + 10, c:c + 10] = 1
-    return x, m, np.arange(n) % 2
 
 
 def test_dihedral_augment_moves_masks_with_images():
@@ -95,159 +62,6 @@ def test_segmentation_iou_rises():
         assert r.val_metric[-1] > r.val_metric[0] + 0.2
 
 
-def test_scores():
-    assert score("classification", torch.tensor([0, 1, 2, 2]), torch.tensor([0, 1, 1, 2])) == 0.75
-    p = torch.zeros(1, 4, 4, dtype=torch.uint8)
-    t = torch.zeros(1, 4, 4, dtype=torch.uint8)
-    p[0, :2] = 1
-    t[0, 1:3] = 1
-    assert score("segmentation", p, t) == pytest.approx(4 / 12)
-
-
-def test_saved_models_reload_with_identical_predictions(tmp_path):
-    x, y, folds = colour_task(n=12)
-    cfg = task_config("microscopy", dict(epochs=1, batch_size=4, classes=3))
-    res = train_folds(cfg, x, y, folds, seed=0, device=torch.device("cpu"), progress=False)
-    save_fold_models(tmp_path / "m", cfg, [r.model for r in res], info={"view": "bi_s_ga"})
-    from safetensors.torch import load_file
-    assert "normalize.mean" in load_file(str(tmp_path / "m/fold1.safetensors"))
-    for k, r in enumerate(res):
-        loaded = load_fold_model(tmp_path / "m", k)
-        r.model.eval()
-        with torch.no_grad():
-            assert torch.equal(loaded(x), r.model(x))
-    with pytest.raises(RawdriftError, match="fold5.safetensors: file not found"):
-        load_fold_model(tmp_path / "m", 5)
-
-
-@pytest.fixture(scope="module")
-def three_view_models(tmp_path_factory):
-    """Tiny fold models for three views of a colour task: (root, labels, folds, views)."""
-    from rawdrift.isp import VIEWS
-    root = tmp_path_factory.mktemp("crosseval")
-    x, y, folds = colour_task(n=12)
-    views = VIEWS[:3]
-    cfg = task_config("microscopy", dict(epochs=1, batch_size=4, classes=3))
-    (root / "views").mkdir()
-    for i, v in enumerate(views):
-        xv = (x + 0.05 * i).clamp(0, 1)
-        np.save(root / "views" / f"{v}.npy", view_to_uint16(xv.numpy()))
-        res = train_folds(cfg, xv, y, folds, seed=i, device=torch.device("cpu"), progress=False)
-        save_fold_models(root / "models" / v, cfg, [r.model for r in res], info={"view": v})
-    return root, y, folds, views
-
-
-def test_crosseval_schema_and_headline(three_view_models):
-    root, y, folds, views = three_view_models
-    out = crosseval(root / "models", root / "views", y, folds, "classification", torch.device("cpu"),
-                    views=views, progress=False)
-    assert set(out) == {"metric", "views", "folds", "mean", "std", "per_fold"}
-    per_fold = np.asarray(out["per_fold"])
-    assert per_fold.shape == (2, 3, 3) and out["folds"] == 2 and out["metric"] == "accuracy"
-    np.testing.assert_allclose(out["mean"], per_fold.mean(0))
-    np.testing.assert_allclose(out["std"], per_fold.std(0, ddof=1))
-    head = headline(out)
-    mean = per_fold.mean(0)
-    assert head["diagonal_mean"] == pytest.approx(np.diag(mean).mean())
-    assert head["drop"] == pytest.approx(np.diag(mean).mean() - mean[~np.eye(3, dtype=bool)].mean())
-    assert [r["view"] for r in head["train_view_ranking"]][0] == views[int(np.argmax(mean.mean(1)))]
-
-
-def test_corruption_eval_schema_identity_and_headline(three_view_models):
-    root, y, folds, views = three_view_models
-    cpu = torch.device("cpu")
-    cross = crosseval(root / "models", root / "views", y, folds, "classification", cpu, views=views, progress=False)
-    names = ["gaussian_noise", "contrast"]
-    out = corruption_eval(root / "models", root / "views", y, folds, "classification", cpu, names, (1, 5),
-                          seed=3, scale=0.5, views=views, progress=False)
-    again = corruption_eval(root / "models", root / "views", y, folds, "classification", cpu, names, (1, 5),
-                            seed=3, scale=0.5, views=views, progress=False)
-    assert out == again                                          # seeded noise: reproducible
-    assert out["columns"] == ["identity", *names] and out["severities"] == [1, 5]
-    for s in ("1", "5"):
-        per_fold = np.asarray(out["severity"][s]["per_fold"])
-        assert per_fold.shape == (2, 3, 3)
-        np.testing.assert_allclose(out["severity"][s]["mean"], per_fold.mean(0))
-        np.testing.assert_allclose(out["severity"][s]["std"], per_fold.std(0, ddof=1))
-        # identity column = the crosseval diagonal, fold by fold
-        np.testing.assert_array_equal(per_fold[:, :, 0], np.diagonal(np.asarray(cross["per_fold"]), axis1=1, axis2=2))
-    # colour classes: contrast 0.05 (severity 5) destroys them, severity 1 (0.4) much less
-    m1, m5 = np.asarray(out["severity"]["1"]["mean"]), np.asarray(out["severity"]["5"]["mean"])
-    assert m5[:, 2].mean() < m1[:, 2].mean()
-    head = corruption_headline(out, cross, 5)
-    assert head["corruption_drop"] == pytest.approx(m5[:, 0].mean() - m5[:, 1:].mean())
-    cm = np.asarray(cross["mean"])
-    view_drop = np.diag(cm).mean() - cm[~np.eye(3, dtype=bool)].mean()
-    assert head["view_drop"] == pytest.approx(view_drop)
-    assert head["ratio"] == (pytest.approx(head["corruption_drop"] / view_drop) if view_drop > 0 else None)
-    assert set(head["top_overlap"]) == set(head["top3_isp"]) & set(head["top3_corruptions"])
-    best = head["best_train_view_per_column"]
-    assert set(best) == {"identity", *names}
-    for j, c in enumerate(out["columns"]):
-        col = m5[:, j]
-        assert best[c] == ([] if np.ptp(col) == 0 else [views[i] for i in np.flatnonzero(col == col.max())])
-    with pytest.raises(RawdriftError, match="severity 3 not evaluated"):
-        corruption_headline(out, cross, 3)
-
-
-def test_corruption_params():
-    from rawdrift.corruptions import CORRUPTIONS
-    from rawdrift.params import corruption_params
-
-    def corruption_params_(p: dict) -> dict:
-        return corruption_params(p, CORRUPTIONS)
-    good = {"names": ["contrast"], "severities": [3, 1], "summary_severity": 3, "reference_tile": 256}
-    assert corruption_params_({"corruptions": good}).severities == [1, 3]
-    for patch, msg in [({"names": ["fog"]}, "corruptions.names[0]: must be one of gaussian_noise, "),
-                       ({"names": ["contrast", "contrast"]}, "corruptions.names: lists 'contrast' twice"),
-                       ({"severities": [0, 3]}, "corruptions.severities[0]: must be an integer in [1, 5], got 0"),
-                       ({"severities": [3, 6]}, "corruptions.severities[1]: must be an integer in [1, 5], got 6"),
-                       ({"summary_severity": 5}, "corruptions.summary_severity: must be one of the severities [1, 3], "
-                                                 "got 5"),
-                       ({"names": []}, "corruptions.names: must be a non-empty list, got []"),
-                       ({"reference_tile": 0}, "corruptions.reference_tile: must be an integer >= 1, got 0")]:
-        with pytest.raises(RawdriftError) as e:
-            corruption_params_({"corruptions": {**good, **patch}})
-        assert str(e.value).startswith(f"params.yaml: {msg}"), str(e.value)
-
-
-@pytest.mark.parametrize("values, key, problem", [
-    ({"epochs": 0}, "epochs", "must be an integer >= 1, got 0"), ({"lr": -1}, "lr", "must be a number > 0, got -1"),
-    ({"loss": "dice"}, "loss", "must be one of ce, got 'dice'"), ({"bogus": 1}, "", "unknown key(s) ['bogus']"),
-    ({"arch": "vgg"}, "arch", "must be one of resnet18, got 'vgg'"), ({"epochs": True}, "epochs", "must be an integer")])
-def test_bad_train_params(values, key, problem):
-    """The library names the key; params.train_config adds the block and the file."""
-    with pytest.raises(RawdriftError) as e:
-        task_config("microscopy", values)
-    assert str(e.value).startswith(f"{key}: {problem}" if key else problem) and "params.yaml" not in str(e.value)
-    with pytest.raises(RawdriftError) as e:
-        train_config_({"train": {"microscopy": values, "views": {"microscopy-bi_s_ga": None}}}, "microscopy", "bi_s_ga")
-    assert str(e.value).startswith(f"params.yaml: train.microscopy{'.' + key if key else ''}: {problem}")
-
-
-def test_per_view_override_merges_over_dataset_defaults():
-    params = {"train": {"microscopy": {"epochs": 3, "lr": 0.01},
-                        "views": {"microscopy-bi_s_ga": {"epochs": 7}, "microscopy-bi_s_me": {}}}}
-    assert train_config_(params, "microscopy", "bi_s_ga").epochs == 7
-    assert train_config_(params, "microscopy", "bi_s_ga").lr == 0.01
-    assert train_config_(params, "microscopy", "bi_s_me").epochs == 3
-    with pytest.raises(RawdriftError, match="missing param train.views.microscopy-me_u_ga"):
-        train_config_(params, "microscopy", "me_u_ga")
-
-
-def test_model_accepts_isp_output():
-    from rawdrift.camera import CAMERAS
-    from rawdrift.isp import ParametrizedISP
-    isp = ParametrizedISP(CAMERAS["drone"])
-    model = TaskModel(task_config("drone", SEG))
-    raw = torch.rand(2, 32, 32) * 0.5 + 0.0625
-    out = model(isp(raw))
-    assert out.shape == (2, 1, 32, 32)
-    out.sum().backward()
-    assert isp.gamma.grad is not None and torch.isfinite(isp.gamma.grad).all()
-    assert predict(model, isp(raw).detach(), 4).shape == (2, 32, 32)
-
-
 def test_recalibrated_batchnorm_holds_the_statistics_of_the_given_tiles():
     from rawdrift.training import recalibrate_batchnorm
     torch.manual_seed(0)
@@ -260,25 +74,6 @@ def test_recalibrated_batchnorm_holds_the_statistics_of_the_given_tiles():
     assert torch.allclose(bn.running_mean, feats.mean(dim=(0, 2, 3)), atol=1e-5)
     assert torch.allclose(bn.running_var, feats.var(dim=(0, 2, 3), unbiased=True), rtol=1e-4)
     assert bn.momentum == 0.1 and bn.num_batches_tracked == 1
-
-
-def test_precision_param():
-    cpu = torch.device("cpu")
-    assert resolve_precision("fp32", cpu) is False
-    assert resolve_precision("bf16", cpu) is True
-    assert resolve_precision("auto", cpu) is False          # fixed by the device: float32 on any CPU
-    with pytest.raises(RawdriftError) as e:
-        resolve_precision("fp16", cpu)
-    assert str(e.value) == "precision: must be one of auto, fp32, bf16, got 'fp16'"
-
-
-def test_bf16_inference_agrees_with_fp32():
-    """bf16 autocast changes predictions only near the decision boundary."""
-    x, m, folds = square_task(n=16)
-    cfg = task_config("drone", dict(SEG, epochs=3))
-    model = train_folds(cfg, x, m, folds, seed=0, device=torch.device("cpu"), progress=False)[0].model
-    a, b = predict(model, x, 8, amp=False), predict(model, x, 8, amp=True)
-    assert (a != b).float().mean() < 0.02
 
 
 def test_folds_trained_concurrently_equal_folds_trained_in_lockstep():

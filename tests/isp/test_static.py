@@ -8,7 +8,7 @@ import skimage.color
 import skimage.filters
 import colour_demosaicing as cd
 
-from conftest import photo_raw
+from helpers import photo_raw
 from rawdrift.camera import CAMERAS
 from rawdrift.errors import RawdriftError
 from rawdrift.isp import VIEWS, render_static

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import photo_raw
+from helpers import photo_raw
 from rawdrift.isp import VIEWS, render_static
 from rawdrift.isp import batched
 

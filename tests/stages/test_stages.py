@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from helpers import ROOT, stage
 from rawdrift.camera import Camera
 from rawdrift.errors import RawdriftError
 from rawdrift.io import atomic_dir
@@ -20,16 +21,9 @@ from rawdrift.rendering import render_stack
 from rawdrift.sensor import intensity_name
 from rawdrift.sources.store import load_raw_dataset, load_view
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"seed": 1, "device": "cpu", "precision": "auto", "deterministic": True, "views": list(VIEWS),
          "data": {"source": "synthetic", "folds": 3, "intensities": [0.1, 1.0],
                   "microscopy": {"count": 18, "tile": 32}, "drone": {"count": 6, "tile": 32}}}
-
-
-def stage(workdir: Path, script: str, *args: str, **env_vars: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, RAWDRIFT_WORKERS="2", **env_vars)
-    return subprocess.run([sys.executable, str(ROOT / "stages" / script), *args], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=300)
 
 
 def project(tmp_path: Path, params: dict | str) -> Path:

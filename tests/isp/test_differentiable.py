@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import photo_raw
+from helpers import photo_raw
 from rawdrift.camera import CAMERAS
 from rawdrift.errors import RawdriftError
 from rawdrift.isp import PARAMETER_GROUPS, ParametrizedISP, render_static
