@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ import torch
 
 from rawdrift.corruptions import CORRUPTIONS, corrupt
 from rawdrift.errors import ParamError
-from rawdrift.runtime import resolve_device, resolve_precision
+from rawdrift.runtime import CUBLAS_WORKSPACE, configure_backends, resolve_device, resolve_precision
 from rawdrift.tasks import TaskModel, loss_fn, predict, task_config
 from rawdrift.training import BN_TILES, dihedral_augment, optimisation_step
 
@@ -355,6 +356,28 @@ def project_paper(rates: dict, render_view_images_per_s: float, corruption_s_per
     return {"datasets": out, "total_s": total, "total_concurrent_s": total_conc, "goal_s": 3600.0}
 
 
+def bench_determinism(setups: dict, size: int, device: torch.device, amp: bool) -> dict:
+    """What the ``deterministic`` param costs: rawdrift's training step per dataset with the
+    backends as :func:`rawdrift.runtime.configure_backends` sets them for ``deterministic: false``
+    (``cudnn.benchmark``) and for ``true`` (deterministic kernels), in one run; the backends are
+    left as ``false`` sets them. ``setups``: {dataset: (task params, batch)}. CUDA only ({} on
+    other devices, where the flag changes nothing)."""
+    from rawdrift.runtime import configure_backends
+    if device.type != "cuda":
+        return {}
+    out = {}
+    for name, (values, batch) in setups.items():
+        rate = {}
+        for det in (False, True):
+            configure_backends(device, det)
+            rate[det] = bench_task(name, values, size, batch, device, amp=amp,
+                                   modes=("pipeline",))["pipeline_images_per_s"]
+        out[name] = {"fast_images_per_s": rate[False], "deterministic_images_per_s": rate[True],
+                     "deterministic_cost": 1.0 - rate[True] / rate[False]}
+    configure_backends(device, False)
+    return out
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -376,6 +399,9 @@ def main(argv=None) -> None:
         ap.exit(2, f"error: --{e.key}: {e.problem}\n")
     size = args.size or (PAPER_TILE if device.type == "cuda" else 64)
     cuda = device.type == "cuda"
+    if cuda:        # before the first cuBLAS handle, so that the deterministic runs can use it
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    configure_backends(device, False)        # the fast path (cudnn.benchmark) unless measured otherwise
     folds = PAPER_PROTOCOL["folds"]
     # the paper profile's task models at its batches (on a CPU at most 32 tiles a step)
     setups = {name: (d["task"], d["batch"] if cuda else min(d["batch"], 32))
@@ -395,12 +421,13 @@ def main(argv=None) -> None:
                                                     n_data=256 if cuda else 64),
                        "joint": bench_joint_step(name, values, size, batch, device, amp=amp),
                        "search": bench_joint_step(name, values, size, SEARCH_BATCH, device, amp=amp)}
+    determinism = bench_determinism(setups, size, device, amp)
     corr = bench_corruptions(device, PAPER_TILE, 64 if cuda else 8)
     render = bench_render(device, PAPER_TILE, 64 if cuda else 4)
     per_image = sum(1.0 / r for r in corr["images_per_s"].values())
     projection = project_paper(rates, render["torch_view_images_per_s"], per_image)
     result = {"device": device_name(device), "torch": torch.__version__, "runs": runs, "concurrent": concurrent,
-              "rates": rates, "corruptions": corr, "render": render, "projection": projection,
+              "rates": rates, "determinism": determinism, "corruptions": corr, "render": render, "projection": projection,
               "protocol": PAPER_PROTOCOL}
     out = Path(args.out) / f"{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -414,6 +441,9 @@ def main(argv=None) -> None:
         print(f"{c['dataset']}: {c['processes']} folds at once: {c['images_per_s']:.0f} img/s together "
               f"({c['speedup']:.2f}x one loop) vs {c['ceiling_at_summed_batch_images_per_s']:.0f} model-only at batch "
               f"{c['batch'] * c['processes']}")
+    for name, d in determinism.items():
+        print(f"{name}: deterministic: true costs {100 * d['deterministic_cost']:.0f} % of the training step "
+              f"({d['deterministic_images_per_s']:.0f} vs {d['fast_images_per_s']:.0f} img/s)")
     print(f"corruptions: {PAPER_TILES} paper tiles x 12 views x {PAPER_PROTOCOL['corruptions']} corruptions x "
           f"{PAPER_PROTOCOL['severities']} severities at {PAPER_TILE} px: "
           f"{corr['paper_all_views_s']:.0f} s projected ({result['device']})")

@@ -334,6 +334,23 @@ def curve_table(results: dict, metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["step", "setting", "fold", metric])
 
 
+def train_curve_table(train_dir: str | Path, views: Sequence[str]) -> pd.DataFrame:
+    """The train stages' curves of ``views`` in long format, one row per view and epoch:
+    ``view, step, train_loss, val_<metric>`` (the mean over folds, as dvclive logged them in
+    ``<train_dir>/<view>/plots/metrics/*.tsv``; ``plots/train/<dataset>.csv``, one line per view in
+    ``dvc plots show``)."""
+    frames = []
+    for view in views:
+        folder = Path(train_dir) / view / "plots" / "metrics"
+        files = sorted(folder.glob("*.tsv")) if folder.is_dir() else []
+        if not files:
+            raise RawdriftError(f"{folder}: no training curves (run the train stage of {view} first)")
+        curves = [pd.read_csv(f, sep="\t", float_precision="round_trip").set_index("step") for f in files]
+        frames.append(pd.concat(curves, axis=1).reset_index().assign(view=view))
+    table = pd.concat(frames, ignore_index=True)
+    return table[["view", "step", *sorted(c for c in table.columns if c not in ("view", "step"))]]
+
+
 def _mean_std(values: pd.Series) -> dict:
     """Mean and sample std (ddof 1; 0.0 for a single value) of a Series (pandas' 1-D reductions
     are numpy's)."""

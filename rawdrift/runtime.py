@@ -7,11 +7,13 @@ when the stage runs would let a CUDA machine restore CPU-trained models from a s
 the other way round. Command-line tools (``make bench``, ``make demo``) also take ``auto``: CUDA
 when present, else the CPU.
 
-``precision: auto`` means bf16 autocast on CUDA (every GPU we target computes bf16 natively) and
-float32 on the CPU, so it too is fixed by the named device. ``bf16`` asks for bf16 autocast
-anywhere (on CPUs with AVX512-BF16 or AMX it is native through oneDNN; elsewhere emulated and
-slower than float32). Weights, optimiser state, losses and metrics stay float32 in every case;
-only the convolutions and matrix products run in bf16. Tensors are channels_last on every device
+``precision: auto`` means bf16 autocast wherever the hardware computes in bf16 natively (every
+CUDA GPU we target; CPUs with AVX512-BF16 or AMX through oneDNN) and float32 elsewhere, where
+emulated bf16 would be slower than float32. On a CPU it therefore depends on the CPU, which the
+run-cache does not see: every model and metrics file records the precision it ran in
+(:meth:`Platform.record`), and a cache shared between CPUs with and without native bf16 should
+name it (``fp32`` or ``bf16``). Weights, optimiser state, losses and metrics stay float32 in
+every case; only the convolutions and matrix products run in bf16. Tensors are channels_last on every device
 (oneDNN and cuDNN both prefer it).
 """
 
@@ -59,12 +61,11 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def resolve_precision(name: str, device: torch.device) -> bool:
-    """The ``precision`` param -> whether to use bf16 autocast on ``device``: ``auto`` is bf16 on a
-    CUDA device that computes it natively and float32 on the CPU; an unknown name is a
-    :class:`ParamError` naming ``precision``."""
+    """The ``precision`` param -> whether to use bf16 autocast on ``device`` (``auto``: where
+    :func:`native_bf16`); an unknown name is a :class:`ParamError` naming ``precision``."""
     checks.choice("precision", name, PRECISIONS)
     if name == "auto":
-        return device.type == "cuda" and native_bf16(device)
+        return native_bf16(device)
     return name == "bf16"
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 import yaml
 
-from rawdrift.bench import (PAPER_PROTOCOL, PAPER_TILE, PAPER_TILES, bench_concurrent, bench_corruptions, bench_inference,
-                            bench_joint_step, bench_task, main, project_paper)
+from rawdrift.bench import (PAPER_PROTOCOL, PAPER_TILE, PAPER_TILES, bench_concurrent, bench_corruptions, bench_determinism,
+                            bench_inference, bench_joint_step, bench_task, main, project_paper)
 from rawdrift.corruptions import CORRUPTIONS
 from rawdrift.profiles import load_profile
 from rawdrift.training import BN_TILES
@@ -25,6 +25,20 @@ def test_bench_measures_both_paths_on_cpu():
     only = bench_task("microscopy", {"classes": 3}, size=16, batch=4, device=CPU, n_data=16, warmup=1, windows=1,
                       steps=1, modes=("ceiling",))
     assert "pipeline_images_per_s" not in only and "ratio" not in only
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is false)"))])
+def test_determinism_bench_measures_both_policies_on_cuda_only(device):
+    setups = {"microscopy": ({"classes": 3}, 4)}
+    out = bench_determinism(setups, 16, torch.device(device), amp=False)
+    if device == "cpu":
+        assert out == {}                              # the flag changes nothing on a CPU
+        return
+    d = out["microscopy"]
+    assert d["fast_images_per_s"] > 0 and d["deterministic_images_per_s"] > 0
+    assert d["deterministic_cost"] == pytest.approx(1 - d["deterministic_images_per_s"] / d["fast_images_per_s"])
+    assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
 
 
 def test_corruption_bench_covers_every_corruption_and_severity():

@@ -105,7 +105,8 @@ def test_plots_show_draws_the_matrices_from_data(workspace, forensics_exp):
         values = plot["content"]["data"]["values"]
         assert len(values) == V * V and {"train_view", "test_view", metric} <= set(values[0])
         curves = shown["data"][f"{ds}_val_{metric}"][0]["content"]["data"]["values"]
-        assert len({v["filename"] for v in curves}) == V                    # one line per train view
+        assert {v["view"] for v in curves} == set(demo.PROFILE["views"])     # one line per train view
+        assert {v["step"] for v in curves} == {"0"}                           # the demo's one epoch
     diff = json.loads(dvc(workspace, "plots", "diff", "HEAD", "--json"))
     (plot,) = diff["data"]["microscopy_crosseval"]
     assert {v["rev"] for v in plot["content"]["data"]["values"]} == {"HEAD", "workspace"}   # one panel per run

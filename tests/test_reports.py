@@ -13,11 +13,13 @@ import yaml
 
 from rawdrift.corruptions import corruption_headline
 from rawdrift.crosseval import headline
+from rawdrift.errors import RawdriftError
 from rawdrift.headline import summary_headline
 from rawdrift.isp import VIEWS
 from rawdrift.optimization import JointFold
 from rawdrift.reports import (best_row_per_column, best_rows_per_column, curve_table, matrix_frame,
-                              optimization_summary, rank_per_column, ranking, summary_tables, write_csv,
+                              optimization_summary, rank_per_column, ranking, summary_tables, train_curve_table,
+                              write_csv,
                               write_matrix_csv)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,3 +143,20 @@ def test_committed_summary_and_rankings_are_reproduced():
     assert dumped(summary) == _committed("metrics/summary.json").read_text()
     assert dumped(rankings) == _committed("metrics/rankings.json").read_text()
     assert dumped(summary_headline(summary)) == _committed("metrics/headline/summary.json").read_text()
+
+
+def test_train_curve_table_joins_the_views_curves_exactly(tmp_path):
+    """One row per view and epoch, the logged floats to the last bit; a missing view is named."""
+    vals = {"bi_s_ga": [0.1 + 0.2, 1 / 3], "me_u_me": [2 / 3, 0.7333333492279053]}
+    for view, v in vals.items():
+        folder = tmp_path / view / "plots" / "metrics"
+        folder.mkdir(parents=True)
+        (folder / "val_accuracy.tsv").write_text("step\tval_accuracy\n" + "".join(f"{i}\t{x!r}\n" for i, x in enumerate(v)))
+        (folder / "train_loss.tsv").write_text("step\ttrain_loss\n" + "".join(f"{i}\t{10 * x!r}\n" for i, x in enumerate(v)))
+    table = train_curve_table(tmp_path, ["me_u_me", "bi_s_ga"])
+    assert list(table.columns) == ["view", "step", "train_loss", "val_accuracy"]
+    assert table["view"].tolist() == ["me_u_me", "me_u_me", "bi_s_ga", "bi_s_ga"] and table["step"].tolist() == [0, 1, 0, 1]
+    assert table["val_accuracy"].tolist() == vals["me_u_me"] + vals["bi_s_ga"]
+    assert table["train_loss"].tolist() == [10 * x for x in vals["me_u_me"] + vals["bi_s_ga"]]
+    with pytest.raises(RawdriftError, match="ma_s_ga/plots/metrics: no training curves"):
+        train_curve_table(tmp_path, ["bi_s_ga", "ma_s_ga"])

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from rawdrift.errors import ParamError, RawdriftError
-from rawdrift.runtime import resolve_device, resolve_precision, stage_platform
+from rawdrift.runtime import native_bf16, resolve_device, resolve_precision, stage_platform
 
 
 def test_precision_param():
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) is False
     assert resolve_precision("bf16", cpu) is True
-    assert resolve_precision("auto", cpu) is False          # fixed by the device: float32 on any CPU
+    assert resolve_precision("auto", cpu) == native_bf16(cpu)
     with pytest.raises(RawdriftError) as e:
         resolve_precision("fp16", cpu)
     assert str(e.value) == "precision: must be one of auto, fp32, bf16, got 'fp16'"
@@ -32,9 +32,10 @@ def test_auto_device_is_for_command_lines_not_stages():
 
 
 def test_stage_platform_on_the_cpu_records_what_it_ran_on():
-    p = stage_platform("cpu", "auto", True)
+    p = stage_platform("cpu", "fp32", True)
     assert p.device == torch.device("cpu") and p.amp is False and p.backends == {}
     assert p.record() == {"device": "cpu", "device_name": "cpu", "precision": "fp32", "deterministic": True,
                           "backends": {}, "python": platform.python_version(), "torch": torch.__version__,
                           "numpy": np.__version__}
     assert stage_platform("cpu", "bf16", False).record()["precision"] == "bf16"
+    assert stage_platform("cpu", "auto", False).amp == native_bf16(torch.device("cpu"))

@@ -18,6 +18,7 @@ from rawdrift.errors import RawdriftError
 from rawdrift.io import atomic_dir
 from rawdrift.isp import VIEWS
 from rawdrift.rendering import render_stack
+from rawdrift.runtime import native_bf16
 from rawdrift.sensor import intensity_name
 from rawdrift.sources.store import load_raw_dataset, load_view
 
@@ -473,7 +474,8 @@ def test_train_stage_with_concurrent_folds_writes_the_same_models(fetched, tmp_p
     assert runs["0"] == runs["1"]
     record = runs["0"][0]["platform"]         # what the run computed on, in the metrics and the models
     assert {k: record[k] for k in ("device", "precision", "deterministic", "backends")} == {
-        "device": "cpu", "precision": "fp32", "deterministic": True, "backends": {}}
+        "device": "cpu", "precision": "bf16" if native_bf16(torch.device("cpu")) else "fp32",   # SMALL: auto
+        "deterministic": True, "backends": {}}
     assert record["torch"] == torch.__version__ and record["numpy"] == np.__version__
     assert json.loads((wd / "models/microscopy/bi_s_ga/model.json").read_text())["platform"] == record
     r = subprocess.run([sys.executable, str(ROOT / "stages/train.py"), "microscopy", "bi_s_ga"], cwd=wd,
