@@ -106,24 +106,21 @@ def workers() -> int:
     return value
 
 
-def concurrent_folds() -> bool:
+def concurrent_folds(device=None) -> bool:
     """``RAWDRIFT_CONCURRENT_FOLDS=1``: train stages run their folds in one process each on
     the same device (:func:`rawdrift.training.train_folds_concurrently`), optimize stages every
     fold of every setting in a pool of as many processes
     (:func:`rawdrift.optimization.train_settings_concurrently`). Like the worker count an
-    execution resource, not a param: the results are the same either way (tested)."""
+    execution resource, not a param: the results are the same either way (tested). With a CPU
+    ``device`` (a ``torch.device``) it says on stderr, in one line, that each process keeps
+    torch's thread count (fewer threads would change the float sums), so they fight over the cores."""
     raw = os.environ.get("RAWDRIFT_CONCURRENT_FOLDS", "0")
     if raw not in ("0", "1"):
         raise RawdriftError(f"RAWDRIFT_CONCURRENT_FOLDS must be 0 or 1, got {raw!r}")
-    return raw == "1"
-
-
-def warn_concurrent_on_cpu(device) -> None:
-    """One stderr line when folds run concurrently on a CPU: each process keeps torch's thread
-    count (fewer threads would change the float sums), so they fight over the cores."""
-    if device.type == "cpu":
+    if raw == "1" and device is not None and device.type == "cpu":
         print("warning: RAWDRIFT_CONCURRENT_FOLDS=1 on cpu: the fold processes share the CPU cores and run "
               "slower than the serial loop (same results); it is meant for a GPU", file=sys.stderr)
+    return raw == "1"
 
 
 @contextmanager

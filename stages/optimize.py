@@ -40,13 +40,11 @@ def main(argv: list[str]) -> str:
     params = P.load_params()
     op = P.optimize_params(params, dataset, MODES)
     cfg = with_epochs(P.task_params(params, dataset, task_config), op.epochs)
-    concurrent = P.concurrent_folds()
     seed = P.seed(params)
     with P.sourced():             # the values are checked there; params.yaml is where they came from
         platform = stage_platform(*P.platform_values(params))
     device, amp = platform.device, platform.amp
-    if concurrent:
-        P.warn_concurrent_on_cpu(device)
+    concurrent = P.concurrent_folds(device)
     ds = load_raw_dataset(Path("data/raw") / dataset)
     for v in op.intensities:
         if not any(abs(v - f) < 1e-9 for f in ds.intensities):

@@ -33,13 +33,11 @@ def main(argv: list[str]) -> str:
     parse_view(view)
     params = P.load_params()
     cfg = P.train_config(params, dataset, view, task_config)
-    concurrent = P.concurrent_folds()
     seed = P.seed(params)
     with P.sourced():             # the values are checked there; params.yaml is where they came from
         platform = stage_platform(*P.platform_values(params))
     device, amp = platform.device, platform.amp
-    if concurrent:
-        P.warn_concurrent_on_cpu(device)
+    concurrent = P.concurrent_folds(device)
     torch.manual_seed(seed)
     ds = load_raw_dataset(Path("data/raw") / dataset)
     views = torch.from_numpy(load_view(Path("data/views") / dataset, view))
