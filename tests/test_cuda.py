@@ -37,7 +37,7 @@ from helpers import photo_raw
 from rawdrift.camera import CAMERAS
 from rawdrift.isp import VIEWS, ParametrizedISP, render_static
 from rawdrift.isp.batched import render_batch
-from rawdrift.runtime import configure_backends
+from rawdrift.runtime import configure_backends, stage_platform
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA = torch.cuda.is_available()
@@ -67,6 +67,17 @@ def restore_backends(monkeypatch):
     torch.backends.cudnn.benchmark = before["benchmark"]
     torch.backends.cudnn.deterministic = before["cudnn_deterministic"]
     torch.use_deterministic_algorithms(before["deterministic"], warn_only=before["warn_only"])
+
+
+@requires_cuda
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_stage_platform_on_cuda_configures_and_records_the_backends(restore_backends, deterministic):
+    p = stage_platform("cuda", "auto", deterministic)
+    assert p.device.type == "cuda" and p.amp is True            # every GPU we target computes bf16
+    r = p.record()
+    assert r["device"] == "cuda" and r["device_name"] == torch.cuda.get_device_name(0) and r["precision"] == "bf16"
+    assert r["deterministic"] is deterministic and r["backends"]["cudnn_benchmark"] is (not deterministic)
+    assert torch.are_deterministic_algorithms_enabled() is deterministic
 
 
 @pytest.mark.parametrize("deterministic", [False, True])
@@ -235,7 +246,7 @@ STAGE_ENV = {"OMP_NUM_THREADS": "4", "RAWDRIFT_WORKERS": "2"}
 def _params(device: str) -> dict:
     from rawdrift.demo import profile
     return profile(ROOT, {
-        "device": device, "precision": "fp32",
+        "device": device, "precision": "fp32", "views": list(VIEWS), "data": {"folds": 3},
         "train": {"microscopy": {"epochs": 3, "batch_size": 4}, "drone": {"epochs": 3}},
         "forensics": {"lambda": [100.0, 1.0], "parameters": ["all", "gamma"], "epochs": 2, "search_tiles": 0,
                       "batch_size": 4},
