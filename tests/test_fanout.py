@@ -31,7 +31,7 @@ from rawdrift.fanout import (TIMED_OUT, CommandTimeout, TaskResult, TaskSpec, fa
 
 ROOT = Path(__file__).resolve().parents[1]
 # drone: 3 MB of model per fold where microscopy's resnet18 has 45 MB, which every task pushes
-TARGETS = ["train@drone-bi_s_me", "train@drone-bi_s_ga"]
+TARGETS = ["train@drone-bi_s_ga", "train@drone-me_u_me"]      # two of the demo profile's views, in its order
 RESTORED = "Stage '{}' is cached - skipping run, checking out outputs"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "fanout-test-key", "AWS_SECRET_ACCESS_KEY": "fanout-test-secret"}
 #: What a test may take at most (CI: 2 cores); past it the test fails with every thread's stack.
@@ -213,7 +213,7 @@ def test_fanout_ray_s3_restores_both_train_stages(tmp_path, env, s3, ray_cluster
     keys = bucket_keys(client)
     assert any(k.startswith("cache/runs/") for k in keys) and any(k.startswith("cache/files/md5/") for k in keys)
     assert_no_credentials_written(a)                # the workers took them from their environment
-    for view in ("bi_s_ga", "bi_s_me"):
+    for view in ("bi_s_ga", "me_u_me"):
         assert (a / f"models/drone/{view}/fold1.safetensors").stat().st_size > 0
         assert (a / f"metrics/train/drone/{view}.json").is_file()
     assert sh(["dvc", "status", *TARGETS], a, env).stdout.strip() == "Data and pipelines are up to date."
