@@ -1,7 +1,7 @@
 # rawdrift: two commands do everything on a fresh machine.
 #   make repro   venv + the whole DVC pipeline on the embedded synthetic data (default profile)
 #   make test    venv + the test suite
-#   make demo    venv + the whole DAG at the tests' tiny profile in a scratch workspace
+#   make demo    venv + the whole DAG at the demo's tiny profile in a scratch workspace
 #   make gpu-check  on a CUDA machine: CUDA tests + tiny DAG on cuda + bench, under bench/
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -45,7 +45,7 @@ repro: $(STAMP)
 	test -d .dvc || $(BIN)/dvc init -q
 	$(BIN)/dvc repro
 
-# The whole DAG at the tests' tiny profile in a scratch git + DVC workspace (a temporary folder,
+# The whole DAG at the demo's tiny profile in a scratch git + DVC workspace (a temporary folder,
 # or DIR=path); prints where every artifact is. Your workspace and DVC cache are not touched.
 demo: $(STAMP)
 	$(BIN)/python -m rawdrift.demo $(if $(DIR),--keep $(DIR))

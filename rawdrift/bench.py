@@ -46,14 +46,13 @@ def protocol(profile: str = "paper") -> dict:
     views, folds; per dataset the tiles, tile side, train batch and epochs, optimize epochs and
     eval_every, and the task model (``train.<dataset>``); corruptions x severities; forensics
     groups x lambdas x epochs; optimize modes x intensities."""
-    from rawdrift.isp import VIEWS
     from rawdrift.profiles import resolve, validate
     sections = validate(resolve(profile))
     data, train, opt = sections["data"], sections["train"], sections["optimize"]
     first, first_opt = next(iter(data.values())), next(iter(opt.values()))
     fo = sections["forensics"]
     return {
-        "profile": profile, "views": len(VIEWS), "folds": first.folds,
+        "profile": profile, "views": len(sections["views"]), "folds": first.folds,
         "datasets": {d: {"tiles": data[d].count, "tile": data[d].tile, "batch": train[d].batch_size,
                          "epochs": train[d].epochs, "optimize_epochs": opt[d].epochs, "eval_every": opt[d].eval_every,
                          "task": {k: v for k, v in train[d].to_dict().items() if k not in ("task", "extra")}}
@@ -256,15 +255,16 @@ def bench_corruptions(device: torch.device, size: int = 256, batch: int = 16, se
             rates[f"{name}@{s}"] = batch * _steps_per_second(step, device, 1, windows, steps)
     per_pass = sum(1.0 / r for r in rates.values())          # seconds per image through every (c, s)
     return {"size": size, "batch": batch, "images_per_s": rates,
-            "paper_all_views_s": PAPER_TILES * 12 * per_pass,
-            "note": f"projected: {PAPER_TILES} tiles x 12 train views through every corruption and severity"}
+            "paper_all_views_s": PAPER_TILES * PAPER_PROTOCOL["views"] * per_pass,
+            "note": f"projected: {PAPER_TILES} tiles x {PAPER_PROTOCOL['views']} train views through every corruption "
+                    "and severity"}
 
 
 def bench_render(device: torch.device, size: int = 256, batch: int = 16, reference_tiles: int = 2,
                  windows: int = 3) -> dict:
     """View-images/s of the 12 static views: batched torch (float64, as the render stage) on
     ``device`` against the reference ``render_static`` on one CPU core, and the projected
-    render time of the paper's tiles (1488 x 12 views) both ways."""
+    render time of the paper's tiles (1488 x the protocol's views) both ways."""
     from rawdrift.camera import CAMERAS
     from rawdrift.isp import VIEWS, render_static
     from rawdrift.isp.batched import render_batch
@@ -282,7 +282,7 @@ def bench_render(device: torch.device, size: int = 256, batch: int = 16, referen
         for v in VIEWS:
             render_static(t, cam, v)
     ref_rate = reference_tiles * len(VIEWS) / (time.perf_counter() - start)
-    n = PAPER_TILES * len(VIEWS)
+    n = PAPER_TILES * PAPER_PROTOCOL["views"]     # the rate is the mean over the 12 views
     return {"size": size, "batch": batch, "torch_view_images_per_s": torch_rate,
             "reference_view_images_per_s_one_core": ref_rate, "paper_render_s_torch": n / torch_rate,
             "paper_render_s_reference_one_core": n / ref_rate, "speedup": torch_rate / ref_rate,
@@ -362,7 +362,6 @@ def bench_determinism(setups: dict, size: int, device: torch.device, amp: bool) 
     (``cudnn.benchmark``) and for ``true`` (deterministic kernels), in one run; the backends are
     left as ``false`` sets them. ``setups``: {dataset: (task params, batch)}. CUDA only ({} on
     other devices, where the flag changes nothing)."""
-    from rawdrift.runtime import configure_backends
     if device.type != "cuda":
         return {}
     out = {}
@@ -444,10 +443,10 @@ def main(argv=None) -> None:
     for name, d in determinism.items():
         print(f"{name}: deterministic: true costs {100 * d['deterministic_cost']:.0f} % of the training step "
               f"({d['deterministic_images_per_s']:.0f} vs {d['fast_images_per_s']:.0f} img/s)")
-    print(f"corruptions: {PAPER_TILES} paper tiles x 12 views x {PAPER_PROTOCOL['corruptions']} corruptions x "
+    print(f"corruptions: {PAPER_TILES} paper tiles x {PAPER_PROTOCOL['views']} views x {PAPER_PROTOCOL['corruptions']} corruptions x "
           f"{PAPER_PROTOCOL['severities']} severities at {PAPER_TILE} px: "
           f"{corr['paper_all_views_s']:.0f} s projected ({result['device']})")
-    print(f"render: 12 views at {PAPER_TILE} px: {render['torch_view_images_per_s']:.0f} view-images/s batched on "
+    print(f"render: {PAPER_PROTOCOL['views']} views at {PAPER_TILE} px: {render['torch_view_images_per_s']:.0f} view-images/s batched on "
           f"{device.type} vs {render['reference_view_images_per_s_one_core']:.1f} reference on one core "
           f"({render['speedup']:.1f}x); paper render {render['paper_render_s_torch']:.0f} s vs "
           f"{render['paper_render_s_reference_one_core']:.0f} s")

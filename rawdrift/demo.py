@@ -1,4 +1,4 @@
-"""The whole DAG at the tests' tiny profile, in a scratch workspace.
+"""The whole DAG at the demo's tiny profile, in a scratch workspace.
 
 ``python -m rawdrift.demo [--keep DIR]`` (``make demo``) copies the code (the working tree's files
 that git tracks or does not ignore, without the committed results) into a new folder (DIR, or a fresh temporary folder), makes it
@@ -135,7 +135,7 @@ def create(dest: Path, source: Path = SOURCE, overrides: dict | None = None) -> 
     for f in code_files(source):
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / f, dest / f)
-    (dest / "params.yaml").write_text("# rawdrift demo: the tests' tiny profile (rawdrift/demo.py)\n"
+    (dest / "params.yaml").write_text("# rawdrift demo: the demo's tiny profile (rawdrift/demo.py)\n"
                                       + yaml.safe_dump(profile(source, overrides), sort_keys=False))
     sh(["git", "init", "-q"], dest)
     sh(["git", "config", "user.name", "rawdrift demo"], dest)

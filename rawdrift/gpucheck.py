@@ -4,7 +4,7 @@
 
 1. ``tests``: the CUDA tests (``pytest tests/test_cuda.py tests/isp/test_differentiable.py``),
    report ``bench/gpu-check/pytest.xml``;
-2. ``repro``: the whole DAG at the tests' tiny profile in a scratch git + DVC workspace
+2. ``repro``: the whole DAG at the demo's tiny profile in a scratch git + DVC workspace
    (:mod:`rawdrift.demo`) with ``device: cuda`` and ``precision: auto``, i.e. ``dvc repro`` as
    ``-S device=cuda`` gives it; its metrics are copied to ``bench/gpu-check/repro-metrics/``;
 3. ``bench``: ``python -m rawdrift.bench`` (what ``make bench`` runs), ``bench/cuda.json``.

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rawdrift import params as P
+from rawdrift import checks, params as P
 from rawdrift.errors import RawdriftError
 
 #: The repository root (profiles are data of the repository, next to ``params.yaml``).
@@ -89,9 +89,17 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
     them by block (``data`` and ``train`` per dataset). Errors name ``source`` and the param."""
     from rawdrift.corruptions import CORRUPTIONS
     from rawdrift.forensics import REGULARISERS, SEARCHES
+    from rawdrift.isp.static import REFERENCE_VIEW, VIEWS
     from rawdrift.optimization import MODES
+    from rawdrift.runtime import PRECISIONS
     from rawdrift.tasks import task_config
-    out: dict[str, Any] = {"seed": P.seed(params, source=source), "data": {}, "train": {}, "optimize": {}}
+    out: dict[str, Any] = {"seed": P.seed(params, source=source), "data": {}, "train": {}, "optimize": {},
+                           "views": P.views(params, VIEWS, (REFERENCE_VIEW,), source=source)}
+    device, precision, deterministic = P.platform_values(params, source)
+    with P.sourced("", source):   # named, not resolved: a profile for a CUDA box validates on a laptop
+        out["device"] = checks.choice("device", device, ("cpu", "cuda"))
+        out["precision"] = checks.choice("precision", precision, PRECISIONS)
+        out["deterministic"] = checks.flag("deterministic", deterministic)
     for dataset in P.DATASETS:
         out["data"][dataset] = P.data_params(params, dataset, source=source)
         out["train"][dataset] = P.task_params(params, dataset, task_config, source=source)

@@ -107,6 +107,8 @@ def test_plots_show_draws_the_matrices_from_data(workspace, forensics_exp):
         curves = shown["data"][f"{ds}_val_{metric}"][0]["content"]["data"]["values"]
         assert {v["view"] for v in curves} == set(demo.PROFILE["views"])     # one line per train view
         assert {v["step"] for v in curves} == {"0"}                           # the demo's one epoch
+        band = shown["data"][f"{ds}_optimize"][0]["content"]["data"]["values"]     # figure 7, from data
+        assert band and {"step", "setting", metric} <= set(band[0])
     diff = json.loads(dvc(workspace, "plots", "diff", "HEAD", "--json"))
     (plot,) = diff["data"]["microscopy_crosseval"]
     assert {v["rev"] for v in plot["content"]["data"]["values"]} == {"HEAD", "workspace"}   # one panel per run

@@ -38,6 +38,7 @@ def test_paper_profile_validates_against_the_config_model():
     assert sections["corruptions"] == default["corruptions"] and sections["seed"] == default["seed"]
     assert data["microscopy"].intensities == default["data"]["microscopy"].intensities
     assert (mic.pretrained, dro.pretrained) == (False, False)
+    assert sections["device"] == "cuda" and sections["views"] == default["views"] and len(default["views"]) == 12
 
 
 def test_overrides_and_apply():
@@ -68,6 +69,10 @@ def _workspace(tmp_path: Path, profile: dict) -> Path:
     ({"forensics": {"lambda": [1.0, -1.0]}},
      "profiles/x.yaml over params.yaml: forensics.lambda[1]: must be a number >= 0, got -1.0"),
     ({"data": {"microscopy": {"cout": 5}}}, "profiles/x.yaml: data.microscopy.cout: not a param of params.yaml"),
+    ({"device": "auto"}, "profiles/x.yaml over params.yaml: device: must be one of cpu, cuda, got 'auto'"),
+    ({"deterministic": "no"}, "profiles/x.yaml over params.yaml: deterministic: must be true or false, got 'no'"),
+    ({"views": ["ma_s_ga", "me_u_me"]}, "profiles/x.yaml over params.yaml: views: must include bi_s_ga (the reference "
+                                        "view forensics starts from), got ['ma_s_ga', 'me_u_me']"),
 ])
 def test_a_bad_profile_is_one_line_naming_the_file_and_param(tmp_path, profile, msg):
     root = _workspace(tmp_path, profile)
