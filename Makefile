@@ -59,7 +59,7 @@ fanout: $(FANOUT_STAMP)
 repro-paper: $(STAMP)
 	sets="$$($(BIN)/python -m rawdrift.profiles paper --dvc-args)" && eval "$(BIN)/dvc exp run $$sets"
 
-# How processing drift depends on pixel scale (studies/scale/): 43 minutes on a 2-core CPU.
+# How processing drift depends on pixel scale (studies/scale/): 33 minutes on a 2-core CPU.
 scale-study: $(STAMP)
 	$(BIN)/dvc repro studies/scale/dvc.yaml
 
