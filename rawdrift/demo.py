@@ -163,7 +163,7 @@ def tour(dest: Path) -> str:
             ("metrics/headline/", "the figures `dvc exp show` and `dvc metrics diff` compare"),
             ("metrics/crosseval|corruptions|forensics|optimize|train/", "the detailed results (JSON)"),
             ("metrics/summary.json, metrics/rankings.json", "headline numbers and paper tables 5-9"),
-            ("plots/", "figures (PNG), the matrices as data (plots/crosseval/*.csv), curves (dvclive)")]
+            ("plots/", "figures (PNG), the matrices as data (plots/crosseval/*.csv), curves (plots/train/*.csv)")]
     counts = {p: sum(1 for f in (dest / p).rglob("*") if f.is_file()) for p in ("data", "models", "metrics", "plots")}
     width = max(len(a) for a, _ in rows)
     lines = [f"demo workspace: {dest}",
