@@ -196,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = args.device
     if device == "auto":          # the workspace's params.yaml names the device (rawdrift.runtime)
-        import torch
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        from rawdrift.runtime import resolve_device
+        device = resolve_device(device).type
     overrides = {k: v for k, v in (("device", device), ("precision", args.precision)) if v}
     start = time.perf_counter()
     try:

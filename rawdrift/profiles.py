@@ -91,13 +91,13 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
     from rawdrift.forensics import REGULARISERS, SEARCHES
     from rawdrift.isp.static import REFERENCE_VIEW, VIEWS
     from rawdrift.optimization import MODES
-    from rawdrift.runtime import PRECISIONS
+    from rawdrift.runtime import DEVICES, PRECISIONS
     from rawdrift.tasks import task_config
     out: dict[str, Any] = {"seed": P.seed(params, source=source), "data": {}, "train": {}, "optimize": {},
                            "views": P.views(params, VIEWS, (REFERENCE_VIEW,), source=source)}
     device, precision, deterministic = P.platform_values(params, source)
     with P.sourced("", source):   # named, not resolved: a profile for a CUDA box validates on a laptop
-        out["device"] = checks.choice("device", device, ("cpu", "cuda"))
+        out["device"] = checks.choice("device", device, tuple(d for d in DEVICES if d != "auto"))
         out["precision"] = checks.choice("precision", precision, PRECISIONS)
         out["deterministic"] = checks.flag("deterministic", deterministic)
     for dataset in P.DATASETS:
