@@ -16,6 +16,8 @@ numbers for those views.
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -60,17 +62,20 @@ class StudyPoint:
     seed: int = 0
     views: tuple[str, ...] = STUDY_VIEWS
     task: dict = field(default_factory=dict)
+    #: Another optics, recipe or tile count than the study's series (a labelled dot in the figure).
+    ablation: bool = False
 
     def name(self) -> str:
         return f"{self.dataset}-{self.tile}px-{self.label}"
 
 
-POINT_KEYS = {"dataset", "tile", "label", "optics", "epochs"}
+POINT_KEYS = {"dataset", "tile", "label", "optics", "epochs", "count"}
 
 
 def check_point(spec: dict) -> dict:
     """Validate one point's settings: dataset, even tile >= 16, optional optics (microscopy),
-    epochs >= 1, label. Errors name the key (``tile: ...``); the stage adds the point and file."""
+    epochs >= 1, count (tiles, >= 12), label. Errors name the key (``tile: ...``); the stage adds
+    the point and file."""
     from rawdrift.sources.microscopy import OPTICS
     checks.mapping("", spec, sorted(POINT_KEYS))
     dataset = checks.choice("dataset", spec.get("dataset"), tuple(PAPER))
@@ -82,6 +87,7 @@ def check_point(spec: dict) -> dict:
             raise ParamError("optics", f"applies to microscopy only, got {spec['optics']!r} for {dataset}")
         checks.choice("optics", spec["optics"], OPTICS)
     checks.integer("epochs", spec.get("epochs", 1), 1)
+    checks.integer("count", spec.get("count", 12), 12)
     return spec
 
 
@@ -144,31 +150,64 @@ def held_out_folds(folds: np.ndarray, targets: torch.Tensor, device: torch.devic
         yield k, idx, targets[idx].to(device)
 
 
-def view_matrix(models: dict[str, list], views: dict[str, torch.Tensor], targets: torch.Tensor,
-                folds: np.ndarray, task: str, device: torch.device) -> np.ndarray:
-    """(k, V, V) scores: fold k's model of train view i on fold k's held-out tiles in view j."""
-    names = list(views)
-    out = np.zeros((int(folds.max()) + 1, len(names), len(names)))
+def view_row(models: list, views: dict[str, torch.Tensor], targets: torch.Tensor, folds: np.ndarray,
+             task: str, device: torch.device) -> np.ndarray:
+    """(k, V) scores of one train view's fold models: fold k's model on fold k's held-out tiles in
+    each view (one row of the cross-evaluation of :mod:`rawdrift.crosseval`)."""
+    out = np.zeros((len(models), len(views)))
     for k, idx, y in held_out_folds(folds, targets, device):
-        for i, a in enumerate(names):
-            for j, b in enumerate(names):
-                out[k, i, j] = score(task, predict(models[a][k], views[b][idx].to(device), 64), y)
+        for j, x in enumerate(views.values()):
+            out[k, j] = score(task, predict(models[k], x[idx].to(device), 64), y)
     return out
 
 
-def corruption_matrix(models: dict[str, list], views: dict[str, torch.Tensor], targets: torch.Tensor,
-                      folds: np.ndarray, task: str, device: torch.device, corruptions, severity: int,
-                      seed: int, scale: float) -> np.ndarray:
-    """(k, V, C) scores of each view's fold models on their own held-out tiles, corrupted."""
-    names = list(views)
-    out = np.zeros((int(folds.max()) + 1, len(names), len(corruptions)))
+def corruption_row(models: list, view: torch.Tensor, targets: torch.Tensor, folds: np.ndarray, task: str,
+                   device: torch.device, corruptions, severity: int, seed: int, scale: float) -> np.ndarray:
+    """(k, C) scores of one view's fold models on their own held-out tiles ``view`` (N, 3, H, W)
+    under each corruption, with the pipeline's noise seeds per (fold, corruption, severity)."""
+    out = np.zeros((len(models), len(corruptions)))
     for k, idx, y in held_out_folds(folds, targets, device):
-        for i, v in enumerate(names):
-            held = views[v][idx].to(device)
-            for c, name in enumerate(corruptions):
-                gen = torch.Generator(device=device).manual_seed(corruption_seed(seed, k, name, severity))
-                out[k, i, c] = score(task, predict(models[v][k], corrupt(held, name, severity, gen, scale), 64), y)
+        held = view[idx].to(device)
+        for c, name in enumerate(corruptions):
+            gen = torch.Generator(device=device).manual_seed(corruption_seed(seed, k, name, severity))
+            out[k, c] = score(task, predict(models[k], corrupt(held, name, severity, gen, scale), 64), y)
     return out
+
+
+@dataclass(frozen=True)
+class ViewJob:
+    """One train view of a point: its fold models, trained and evaluated in one process."""
+
+    point: StudyPoint
+    cfg: TaskConfig
+    view: str
+    raw: np.ndarray          # uint16 (N, H, W) mosaics at exposure 1
+    camera: object
+    folds: np.ndarray        # (N,) test fold per tile
+    targets: torch.Tensor
+    corruptions: tuple[str, ...]
+    severity: int
+    scale: float             # tile / reference tile, for the corruptions' pixel constants
+    device: torch.device
+    threads: int = 0         # intra-op threads (0: leave torch's)
+
+
+def train_view(job: ViewJob) -> dict:
+    """Render the point's views, train ``job.view``'s fold models and evaluate them.
+
+    Returns ``row`` (k, V) view scores, ``corrupted`` (k, C) corruption scores and ``nyquist``,
+    the view's :func:`nyquist_amplitude`. Runs in a worker process of :func:`run_point`.
+    """
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    views = render_views(job.raw, job.camera, job.point.views)
+    results = train_folds(job.cfg, views[job.view], job.targets, job.folds, job.point.seed, job.device,
+                          progress=False, desc=f"{job.point.name()} {job.view}")
+    models = [r.model for r in results]
+    return {"row": view_row(models, views, job.targets, job.folds, job.cfg.task, job.device),
+            "corrupted": corruption_row(models, views[job.view], job.targets, job.folds, job.cfg.task, job.device,
+                                        job.corruptions, job.severity, job.point.seed, job.scale),
+            "nyquist": nyquist_amplitude(views[job.view])}
 
 
 def summarise(matrix: np.ndarray, corrupted: np.ndarray) -> dict:
@@ -189,7 +228,12 @@ def summarise(matrix: np.ndarray, corrupted: np.ndarray) -> dict:
 
 def run_point(point: StudyPoint, cfg: TaskConfig, corruptions, severity: int = 3, reference_tile: int = 256,
               device: torch.device | None = None, workers: int = 0, progress: bool = False) -> dict:
-    """Generate, render, train and evaluate one study point; returns its figures and matrices."""
+    """Generate, render, train and evaluate one study point; returns its figures and matrices.
+
+    On the CPU every train view runs in its own single-threaded process (:func:`train_view`), at
+    most ``workers`` at a time (0: one per core), so the numbers do not depend on ``workers`` or
+    on the machine's core count; on CUDA the views run one after the other in this process.
+    """
     device = device or torch.device("cpu")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rawdrift-scale-") as tmp:
@@ -203,25 +247,27 @@ def run_point(point: StudyPoint, cfg: TaskConfig, corruptions, severity: int = 3
         camera, folds = ds.camera, np.array(ds.folds)
     if point.task:
         cfg = replace(cfg, **point.task)
-    views = render_views(raw, camera, point.views)
-    models = {}
-    curves = {}
-    for v, x in views.items():
-        results = train_folds(cfg, x, targets, folds, point.seed, device, progress=progress, desc=f"{point.name()} {v}")
-        models[v] = [r.model for r in results]
-        curves[v] = [r.val_metric for r in results]
-    matrix = view_matrix(models, views, targets, folds, cfg.task, device)
-    corrupted = corruption_matrix(models, views, targets, folds, cfg.task, device, corruptions, severity,
-                                  point.seed, point.tile / reference_tile)
+    jobs = [ViewJob(point, cfg, v, raw, camera, folds, targets, tuple(corruptions), severity,
+                    point.tile / reference_tile, device, threads=1 if device.type == "cpu" else 0)
+            for v in point.views]
+    if device.type == "cpu":
+        processes = max(1, min(len(jobs), workers or os.cpu_count() or 1))
+        with mp.get_context("spawn").Pool(processes) as pool:
+            out = pool.map(train_view, jobs, chunksize=1)
+    else:
+        out = [train_view(j) for j in jobs]
+    matrix = np.stack([o["row"] for o in out], axis=1)              # (k, V train, V test)
+    corrupted = np.stack([o["corrupted"] for o in out], axis=1)     # (k, V, C)
     from rawdrift.sources import drone, microscopy
     pitch = (microscopy.FIELD_UM if point.dataset == "microscopy" else drone.FIELD_M) / point.tile
     return {"name": point.name(), "dataset": point.dataset, "tile": point.tile, "label": point.label,
-            "ablation": bool(point.task) or point.optics != "matched", "pixel": pitch, "optics": point.optics, "count": point.count, "folds": point.folds,
-            "epochs": cfg.epochs, "views": list(views), "task": point.task,
+            "ablation": point.ablation or bool(point.task) or point.optics != "matched", "pixel": pitch,
+            "optics": point.optics, "count": point.count, "folds": point.folds,
+            "epochs": cfg.epochs, "views": list(point.views), "task": point.task,
             **summarise(matrix, corrupted),
             "matrix": matrix.mean(0).tolist(), "corruption_scores": corrupted.mean((0, 1)).tolist(),
             "corruptions": list(corruptions), "severity": severity,
-            "nyquist": {v: nyquist_amplitude(x) for v, x in views.items()},
+            "nyquist": {v: o["nyquist"] for v, o in zip(point.views, out)},
             "seconds": round(time.perf_counter() - started, 1)}
 
 

@@ -26,6 +26,7 @@ def test_summarise_matches_the_pipeline_definitions():
     ({"dataset": "drone", "tile": 32, "optics": "matched"}, "optics"),
     ({"dataset": "microscopy", "tile": 32, "optics": "zoom"}, "optics"),
     ({"dataset": "microscopy", "tile": 32, "epochs": 0}, "epochs"),
+    ({"dataset": "microscopy", "tile": 32, "count": 5}, "count"),
     ({"dataset": "microscopy", "tile": 32, "lr": 1}, "unknown key"),
 ])
 def test_bad_points_are_named(spec, key):
@@ -45,9 +46,11 @@ def test_tiny_point_end_to_end(tmp_path):
     assert r["pixel"] == pytest.approx(41.6 / 32) and not r["ablation"]
     assert set(r["nyquist"]) == {"bi_s_ga", "me_s_me"} and all(0 <= a < 0.1 for a in r["nyquist"].values())
     assert r["seconds"] > 0
-    # the same point again gives the same numbers (seeded generator, training and corruption noise)
-    again = run_point(point, cfg, ["gaussian_noise", "contrast"], device=torch.device("cpu"), workers=1)
+    # the same point again, its two views trained at once, gives the same numbers (seeded generator,
+    # training and corruption noise; one thread per view process whatever the worker count)
+    again = run_point(point, cfg, ["gaussian_noise", "contrast"], device=torch.device("cpu"), workers=2)
     assert again["matrix"] == r["matrix"] and again["corruption_scores"] == r["corruption_scores"]
+    assert again["nyquist"] == r["nyquist"]
     scale_figure([r, {**r, "tile": 64, "pixel": 0.65, "label": "x", "ablation": True}], tmp_path / "s.png")
     assert (tmp_path / "s.png").stat().st_size > 10_000
 
@@ -63,3 +66,21 @@ def test_nyquist_amplitude_measures_the_two_pixel_pattern():
     assert abs(nyquist_amplitude(both) - 0.05) < 1e-3          # root sum of squares
     with pytest.raises(RawdriftError, match="nyquist_amplitude"):
         nyquist_amplitude(torch.zeros(1, 3, 8, 8))
+
+
+def test_each_point_is_its_own_stage_reading_its_own_params():
+    """Adding or changing one point (or one dataset's recipe) reruns that point only."""
+    import yaml
+    from helpers import ROOT
+    stages = yaml.safe_load((ROOT / "studies/scale/dvc.yaml").read_text())["stages"]
+    point = stages["point"]
+    assert point["foreach"] == "${points}"
+    params = point["do"]["params"]
+    assert "points.${key}" in params and "points" not in params
+    root = next(p["../../params.yaml"] for p in params if isinstance(p, dict))
+    assert "train.${item.dataset}" in root and not {"train", "train.microscopy", "train.drone"} & set(root)
+    assert point["do"]["metrics"] == [{"../../metrics/scale_study/${key}.json": {"cache": False}}]
+    assert "../../metrics/scale_study" in stages["summary"]["deps"]
+    local = yaml.safe_load((ROOT / "studies/scale/params.yaml").read_text())
+    for name, spec in local["points"].items():
+        check_point(spec)
