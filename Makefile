@@ -59,7 +59,7 @@ fanout: $(FANOUT_STAMP)
 repro-paper: $(STAMP)
 	sets="$$($(BIN)/python -m rawdrift.profiles paper --dvc-args)" && eval "$(BIN)/dvc exp run $$sets"
 
-# How processing drift depends on pixel scale (studies/scale/): 81 minutes on a 2-core CPU from
+# How processing drift depends on pixel scale (studies/scale/): 117 minutes on a 2-core CPU from
 # scratch; one DVC stage per point, so a new point costs its own minutes only.
 scale-study: $(STAMP)
 	$(BIN)/dvc repro studies/scale/dvc.yaml
