@@ -78,8 +78,9 @@ bench: $(STAMP)
 # (bench/cuda.json), all under bench/ within 10 minutes (docs/performance.md). No venv
 # prerequisite: the GPU machine reaches no registry, so this runs the venv's python when there
 # is one and $(PYTHON) (with the wheels of docs/performance.md) otherwise.
+# GPU_CHECK_ARGS: e.g. --budget 480 or --steps bench (python -m rawdrift.gpucheck --help)
 gpu-check:
-	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -m rawdrift.gpucheck
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -m rawdrift.gpucheck $(GPU_CHECK_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

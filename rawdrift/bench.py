@@ -16,7 +16,10 @@
 the static views (batched torch on the device against the numpy reference on one core), and
 the common corruptions (images/s per corruption and severity at the paper profile's tile
 size, and the projected time to corrupt the held-out tiles of every train view through every
-corruption and severity at that size). The paper protocol is ``profiles/paper.yaml`` laid over
+corruption and severity at that size), the FLOPs of one training image of each task model
+(:func:`training_flops`) and on CUDA the bare network at growing batches
+(:func:`bench_saturation`). ``--step-modes`` instead compares the training step's execution
+modes (eager, fused Adam, ``torch.compile``, CUDA graphs: :func:`bench_step_modes`). The paper protocol is ``profiles/paper.yaml`` laid over
 ``params.yaml`` (:data:`PAPER_PROTOCOL`), as ``make repro-paper`` runs it. From these rates it
 projects the whole protocol (:func:`project_paper`), stage by stage, and writes ``bench/<device>.json`` with
 images/s, their ratios, the projection and the device name. Timings are medians of repeated
@@ -30,6 +33,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -356,6 +360,118 @@ def project_paper(rates: dict, render_view_images_per_s: float, corruption_s_per
     return {"datasets": out, "total_s": total, "total_concurrent_s": total_conc, "goal_s": 3600.0}
 
 
+def training_flops(dataset: str, cfg_values: dict, size: int) -> float:
+    """Floating-point operations of one training image of the task model (forward and
+    backward, Normalize included) at ``size`` px, counted by ``torch.utils.flop_counter`` on
+    the CPU (a batch of 2, per image). Convolutions and matrix products only, as the counter
+    counts them (a multiply-add is 2 operations); elementwise work is not counted. Images/s
+    times this is the task model's sustained FLOP/s."""
+    from torch.utils.flop_counter import FlopCounterMode
+    cfg = task_config(dataset, dict(cfg_values, batch_size=2))
+    torch.manual_seed(0)
+    model = TaskModel(cfg).train()
+    x = torch.rand(2, 3, size, size)
+    with FlopCounterMode(display=False) as counter:
+        model(x).float().sum().backward()
+    return counter.get_total_flops() / 2
+
+
+#: Multiples of a dataset's batch at which :func:`bench_saturation` measures the bare network.
+SATURATION_FACTORS = (1, 2, 5, 10, 20)
+
+
+def bench_saturation(setups: dict, size: int, device: torch.device, amp: bool,
+                     factors=SATURATION_FACTORS) -> dict:
+    """Model-only training images/s (:func:`bench_task`'s ceiling) at multiples of each
+    dataset's batch: where the rate stops growing the device computes at its limit, and no
+    data-pipeline or launch optimisation (concurrent folds, CUDA graphs) can train faster than
+    the best of these. A batch that does not fit in memory ends the series.
+
+    Args:
+        setups: {dataset: (task params, batch)}.
+        factors: batch multiples, increasing.
+
+    Returns:
+        {dataset: {"batches": [b...], "images_per_s": [r...], "best_images_per_s": float}}.
+    """
+    out = {}
+    for name, (values, batch) in setups.items():
+        batches, rates = [], []
+        for f in factors:
+            try:
+                r = bench_task(name, values, size, batch * f, device, amp=amp, modes=("ceiling",))
+            except torch.cuda.OutOfMemoryError:
+                break
+            batches.append(batch * f)
+            rates.append(r["ceiling_images_per_s"])
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        out[name] = {"batches": batches, "images_per_s": rates, "best_images_per_s": max(rates)}
+    return out
+
+
+def floor_rates(rates: dict, saturation: dict) -> dict:
+    """:func:`project_paper`'s rates with every task-model training step (train, concurrent
+    folds) at the bare network's best rate of :func:`bench_saturation`; inference and the
+    joint ISP + model steps as measured. The projection of these is a floor for what faster
+    training loops can give."""
+    return {name: dict(r, train=saturation[name]["best_images_per_s"],
+                       train_concurrent=saturation[name]["best_images_per_s"]) for name, r in rates.items()}
+
+
+#: Execution modes of the training step that :func:`bench_step_modes` compares (``--step-modes``):
+#: eager with the default (foreach) Adam, as rawdrift trains now; eager with the fused Adam
+#: kernel; ``torch.compile`` with ``mode="reduce-overhead"`` (inductor's kernels replayed as
+#: CUDA graphs); and ``torch.compile`` in its default mode.
+STEP_MODES = ("eager", "fused_adam", "compile_cudagraphs", "compile")
+
+
+def bench_step_modes(dataset: str, cfg_values: dict, size: int, batch: int, device: torch.device,
+                     amp: bool, modes=STEP_MODES, warmup: int = 3, windows: int = 3, steps: int = 10,
+                     report: Callable[[dict], None] | None = None) -> dict:
+    """Images/s of the task model's training step (network, loss, Adam on one device-resident
+    batch, as :func:`bench_task`'s ceiling) in each execution mode of ``modes``, and the
+    seconds its first ``warmup`` steps took (compilation and graph capture). A mode that fails
+    is recorded with its error, not raised: the comparison is what the benchmark is for.
+    ``report`` is called with the results so far after each mode.
+
+    Returns:
+        {mode: {"images_per_s", "first_steps_s", "speedup" (vs eager)} or {"error": str}}.
+    """
+    cfg = task_config(dataset, dict(cfg_values, batch_size=batch))
+    gen = torch.Generator(device=device).manual_seed(0)
+    xb, yb = _random_data(cfg, batch, size, device, gen)
+    out = {}
+    for mode in modes:
+        try:
+            torch._dynamo.reset()
+            torch.manual_seed(0)
+            net = TaskModel(cfg).to(device, memory_format=torch.channels_last).train().net
+            opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=mode != "eager")
+            if mode.startswith("compile"):
+                net = torch.compile(net, mode="reduce-overhead" if mode == "compile_cudagraphs" else "default")
+
+            def step():
+                optimisation_step(net, opt, cfg, xb, yb, amp=amp)
+            start = time.perf_counter()
+            for _ in range(warmup):
+                step()
+            _sync(device)
+            first = time.perf_counter() - start
+            out[mode] = {"images_per_s": batch * _steps_per_second(step, device, 0, windows, steps),
+                         "first_steps_s": first}
+        except Exception as exc:     # noqa: BLE001 - a mode that cannot run is a result
+            out[mode] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        base = out.get("eager", {}).get("images_per_s")
+        for r in out.values():
+            if base and "images_per_s" in r:
+                r["speedup"] = r["images_per_s"] / base
+        if report:
+            report(out)
+    torch._dynamo.reset()
+    return out
+
+
 def bench_determinism(setups: dict, size: int, device: torch.device, amp: bool) -> dict:
     """What the ``deterministic`` param costs: rawdrift's training step per dataset with the
     backends as :func:`rawdrift.runtime.configure_backends` sets them for ``deterministic: false``
@@ -377,6 +493,26 @@ def bench_determinism(setups: dict, size: int, device: torch.device, amp: bool) 
     return out
 
 
+def _write_step_modes(setups: dict, size: int, device: torch.device, amp: bool, out: Path) -> None:
+    """``--step-modes``: :func:`bench_step_modes` per dataset at its paper batch, to
+    ``<out>/<device>-step-modes.json``, one line per mode on stdout."""
+    path = out / f"{device.type}-step-modes.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    modes: dict = {}
+
+    def write(name: str, batch: int, results: dict) -> None:     # after every mode: a cut-short run keeps its part
+        modes[name] = {"batch": batch, **results}
+        path.write_text(json.dumps({"device": device_name(device), "torch": torch.__version__, "size": size,
+                                    "bf16": amp, "modes": modes}, indent=2) + "\n")
+        mode, r = list(results.items())[-1]
+        print(f"{name} {mode}: " + (f"failed: {r['error']}" if "error" in r else
+              f"{r['images_per_s']:.0f} img/s ({r.get('speedup', 1.0):.2f}x eager), first steps "
+              f"{r['first_steps_s']:.1f} s"), flush=True)
+    for name, (values, batch) in setups.items():
+        bench_step_modes(name, values, size, batch, device, amp, report=lambda r, n=name, b=batch: write(n, b, r))
+    print(f"wrote {path}")
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -390,6 +526,11 @@ def main(argv=None) -> None:
     ap.add_argument("--size", type=int, default=None,
                     help=f"tile side (default: the paper profile's, {PAPER_TILE}, on CUDA; 64 on CPU)")
     ap.add_argument("--out", default="bench")
+    ap.add_argument("--step-modes", action="store_true",
+                    help="only compare the training step's execution modes (eager, fused Adam, torch.compile, "
+                         "CUDA graphs): <out>/<device>-step-modes.json")
+    ap.add_argument("--datasets", default=None,
+                    help="with --step-modes: comma-separated datasets (default: all of the paper profile)")
     args = ap.parse_args(argv)
     try:
         device = resolve_device(args.device)
@@ -404,7 +545,15 @@ def main(argv=None) -> None:
     folds = PAPER_PROTOCOL["folds"]
     # the paper profile's task models at its batches (on a CPU at most 32 tiles a step)
     setups = {name: (d["task"], d["batch"] if cuda else min(d["batch"], 32))
-              for name, d in PAPER_PROTOCOL["datasets"].items()}
+              for name, d in PAPER_PROTOCOL["datasets"].items() if not args.datasets or name in args.datasets.split(",")}
+    if args.datasets and not args.step_modes:
+        ap.exit(2, "error: --datasets: only with --step-modes (the projection needs every dataset)\n")
+    if not setups:
+        ap.exit(2, f"error: --datasets: none of {args.datasets!r} is a dataset of the paper profile "
+                   f"({', '.join(PAPER_PROTOCOL['datasets'])})\n")
+    if args.step_modes:
+        _write_step_modes(setups, size, device, amp, Path(args.out))
+        return
     runs, concurrent, rates = [], [], {}
     for name, (values, batch) in setups.items():
         run = bench_task(name, values, size, batch, device, amp=amp)
@@ -420,13 +569,20 @@ def main(argv=None) -> None:
                                                     n_data=256 if cuda else 64),
                        "joint": bench_joint_step(name, values, size, batch, device, amp=amp),
                        "search": bench_joint_step(name, values, size, SEARCH_BATCH, device, amp=amp)}
+    flops = {name: training_flops(name, values, size) for name, (values, _) in setups.items()}
+    for r in runs:
+        r["training_tflop_per_s"] = r["pipeline_images_per_s"] * flops[r["dataset"]] / 1e12
     determinism = bench_determinism(setups, size, device, amp)
+    saturation = bench_saturation(setups, size, device, amp) if cuda else {}
     corr = bench_corruptions(device, PAPER_TILE, 64 if cuda else 8)
     render = bench_render(device, PAPER_TILE, 64 if cuda else 4)
     per_image = sum(1.0 / r for r in corr["images_per_s"].values())
     projection = project_paper(rates, render["torch_view_images_per_s"], per_image)
+    if saturation:
+        projection["floor"] = project_paper(floor_rates(rates, saturation), render["torch_view_images_per_s"], per_image)
     result = {"device": device_name(device), "torch": torch.__version__, "runs": runs, "concurrent": concurrent,
-              "rates": rates, "determinism": determinism, "corruptions": corr, "render": render, "projection": projection,
+              "rates": rates, "training_gflop_per_image": {n: f / 1e9 for n, f in flops.items()},
+              "determinism": determinism, "saturation": saturation, "corruptions": corr, "render": render, "projection": projection,
               "protocol": PAPER_PROTOCOL}
     out = Path(args.out) / f"{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -434,7 +590,7 @@ def main(argv=None) -> None:
     for r in runs:
         print(f"{r['dataset']}: {r['pipeline_images_per_s']:.0f} img/s through rawdrift vs "
               f"{r['ceiling_images_per_s']:.0f} model-only ({100 * r['ratio']:.0f} %), {size} px, batch {r['batch']}, "
-              f"{'bf16' if amp else 'fp32'}, "
+              f"{'bf16' if amp else 'fp32'}, {r['training_tflop_per_s']:.1f} TFLOP/s, "
               f"{result['device']}")
     for c in concurrent:
         print(f"{c['dataset']}: {c['processes']} folds at once: {c['images_per_s']:.0f} img/s together "
@@ -455,6 +611,12 @@ def main(argv=None) -> None:
     print(f"paper protocol: {projection['total_s'] / 60:.0f} min projected, "
           f"{projection['total_concurrent_s'] / 60:.0f} min with concurrent folds (goal 60 min)"
           + ("" if size == PAPER_TILE else f"; rates measured at {size} px and scaled by pixel count"))
+    for name, sat in saturation.items():
+        print(f"{name}: model-only " + ", ".join(f"{r:.0f}" for r in sat["images_per_s"]) + " img/s at batch "
+              + ", ".join(map(str, sat["batches"])))
+    if "floor" in projection:
+        print(f"paper protocol with every training step at the best model-only rate: "
+              f"{projection['floor']['total_concurrent_s'] / 60:.0f} min")
     print(f"wrote {out}")
 
 

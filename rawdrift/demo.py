@@ -125,9 +125,9 @@ def dvc(*args: str) -> list[str]:
     return [sys.executable, "-m", "dvc", *args]
 
 
-def create(dest: Path, source: Path = SOURCE, overrides: dict | None = None) -> Path:
-    """The scratch workspace: the code, the tiny profile (with ``overrides``), its own git and
-    DVC, one commit."""
+def create(dest: Path, source: Path = SOURCE, overrides: dict | None = None, params: dict | None = None) -> Path:
+    """The scratch workspace: the code, the tiny profile (with ``overrides``) or, when given,
+    the whole ``params`` instead, its own git and DVC, one commit."""
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
         raise RawdriftError(f"{dest}: exists and is not empty")
@@ -135,8 +135,9 @@ def create(dest: Path, source: Path = SOURCE, overrides: dict | None = None) -> 
     for f in code_files(source):
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / f, dest / f)
-    (dest / "params.yaml").write_text("# rawdrift demo: the demo's tiny profile (rawdrift/demo.py)\n"
-                                      + yaml.safe_dump(profile(source, overrides), sort_keys=False))
+    header = "the demo's tiny profile (rawdrift/demo.py)" if params is None else "params given to rawdrift.demo.create"
+    (dest / "params.yaml").write_text(f"# rawdrift demo: {header}\n" + yaml.safe_dump(
+        profile(source, overrides) if params is None else params, sort_keys=False))
     sh(["git", "init", "-q"], dest)
     sh(["git", "config", "user.name", "rawdrift demo"], dest)
     sh(["git", "config", "user.email", "demo@rawdrift.invalid"], dest)

@@ -9,6 +9,12 @@
    ``-S device=cuda`` gives it; its metrics are copied to ``bench/gpu-check/repro-metrics/``;
 3. ``bench``: ``python -m rawdrift.bench`` (what ``make bench`` runs), ``bench/cuda.json``.
 
+One more step runs only when named (``--steps paper``, or ``make gpu-check GPU_CHECK_ARGS="--steps
+paper"``): ``paper``, one paper-size train stage per dataset (``train@<dataset>-bi_s_ga`` at
+``profiles/paper.yaml`` with ``device: cuda``) in a scratch workspace, its fetch and render first
+and then the train stage alone, timed: ``bench/gpu-check/paper.json``, next to what
+``bench/cuda.json``'s rates project for that stage when that file is there.
+
 Each step's output goes to ``bench/gpu-check/<step>.log``; ``bench/gpu-check/report.json``
 records every step's exit status and seconds, the device, and the torch, Python and numpy
 versions. The exit status is 0 only if every step passed inside the budget. Without a CUDA
@@ -33,6 +39,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 NO_CUDA = "make gpu-check: no CUDA device (torch.cuda.is_available() is false)"
 STEPS = ("tests", "repro", "bench")
+#: Steps run only when ``--steps`` names them.
+OPTIONAL_STEPS = ("paper",)
+#: The view whose train stage the ``paper`` step times (forensics starts from it).
+PAPER_VIEW = "bi_s_ga"
 #: The CUDA tests; tests/isp/test_differentiable.py holds the ISP's original CUDA-vs-CPU check.
 TESTS = ("tests/test_cuda.py", "tests/isp/test_differentiable.py")
 BUDGET_S = 600
@@ -120,8 +130,67 @@ def step_bench(out: Path, timeout: float) -> dict:
                 timeout)
 
 
+def _projected_train_stage(bench_json: Path, dataset: str) -> dict:
+    """What ``bench_json``'s rates (``make bench``) project for one train stage of ``dataset`` at
+    the paper protocol: the projection's train time over the number of views, in lockstep and
+    with concurrent folds; {} without the file."""
+    if not bench_json.is_file():
+        return {}
+    from rawdrift.bench import PAPER_PROTOCOL
+    proj = json.loads(bench_json.read_text())["projection"]["datasets"][dataset]
+    views = PAPER_PROTOCOL["views"]
+    return {"projected_s": proj["train"] / views, "projected_concurrent_s": proj["train_concurrent"] / views}
+
+
+def step_paper(out: Path, timeout: float, datasets: tuple[str, ...] = ("microscopy", "drone"),
+               overrides: dict | None = None) -> dict:
+    """One paper-size train stage per dataset, timed (``train@<dataset>-bi_s_ga``).
+
+    The workspace is ``profiles/paper.yaml`` over ``params.yaml`` (``overrides`` laid over that,
+    as a profile: e.g. a small size for a test on the CPU). Per dataset, ``dvc repro
+    render@<dataset>`` (fetch and render), then ``dvc repro train@<dataset>-bi_s_ga`` alone,
+    each timed; ``out/paper.json``: {dataset: {"render_s", "train_s", "projected_s",
+    "projected_concurrent_s"}, "concurrent_folds": the ``RAWDRIFT_CONCURRENT_FOLDS`` it ran
+    with}. A dataset whose command fails or runs out of time ends the step."""
+    from rawdrift import demo, profiles
+    log = out / "paper.log"
+    start = time.perf_counter()
+    result = {"step": "paper", "rc": 0, "seconds": 0.0, "log": str(log)}
+    report: dict = {"concurrent_folds": os.environ.get("RAWDRIFT_CONCURRENT_FOLDS", "0")}
+    try:
+        params = profiles.apply(profiles.resolve("paper", ROOT), overrides or {}, "gpu-check paper overrides")
+        ws = Path(tempfile.mkdtemp(prefix="rawdrift-gpucheck-paper-")) / "ws"
+        demo.create(ws, params=params)
+    except Exception as exc:      # noqa: BLE001 - the step fails with the reason in its log, the rest runs
+        log.write_text(f"make gpu-check: could not create the paper workspace: {exc}\n")
+        return dict(result, rc=1, seconds=round(time.perf_counter() - start, 1))
+    env = _env(ws)
+    with open(log, "w"):
+        pass
+    for ds in datasets:
+        timings = {}
+        for key, target in (("render_s", f"render@{ds}"), ("train_s", f"train@{ds}-{PAPER_VIEW}")):
+            part = out / f"paper-{key[:-2]}-{ds}.log"
+            r = _run("paper", [sys.executable, "-m", "dvc", "repro", target], part,
+                     timeout - (time.perf_counter() - start), cwd=ws, env=env)
+            with open(log, "a") as fh:
+                fh.write(part.read_text())
+            part.unlink()
+            if r["rc"] != 0:
+                result["rc"] = r["rc"]
+                break
+            timings[key] = r["seconds"]
+        report[ds] = {**timings, **_projected_train_stage(out.parent / "cuda.json", ds)}
+        (out / "paper.json").write_text(json.dumps(report, indent=2) + "\n")
+        if result["rc"] != 0:
+            break
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    result["workspace"] = str(ws)
+    return result
+
+
 #: step name -> function(results folder, seconds left) -> {"step", "rc", "seconds", "log", ...}
-RUNNERS = {"tests": step_tests, "repro": step_repro, "bench": step_bench}
+RUNNERS = {"tests": step_tests, "repro": step_repro, "bench": step_bench, "paper": step_paper}
 
 
 def environment() -> dict:
@@ -139,12 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rawdrift.gpucheck", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "bench", help="results folder (default bench/)")
     ap.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for all steps together (default 600)")
-    ap.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
+    ap.add_argument("--steps", default=",".join(STEPS),
+                    help=f"comma-separated, of {','.join(STEPS + OPTIONAL_STEPS)} (default {','.join(STEPS)})")
     args = ap.parse_args(argv)
     steps = [s for s in args.steps.split(",") if s]
-    unknown = [s for s in steps if s not in STEPS]
+    unknown = [s for s in steps if s not in STEPS + OPTIONAL_STEPS]
     if unknown:
-        print(f"make gpu-check: unknown step {unknown[0]!r} (steps: {', '.join(STEPS)})", file=sys.stderr)
+        print(f"make gpu-check: unknown step {unknown[0]!r} (steps: {', '.join(STEPS + OPTIONAL_STEPS)})",
+              file=sys.stderr)
         return 2
     if not cuda_available():
         print(NO_CUDA, file=sys.stderr)

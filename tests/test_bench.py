@@ -8,7 +8,8 @@ import torch
 import yaml
 
 from rawdrift.bench import (PAPER_PROTOCOL, PAPER_TILE, PAPER_TILES, bench_concurrent, bench_corruptions, bench_determinism,
-                            bench_inference, bench_joint_step, bench_task, main, project_paper)
+                            bench_inference, bench_joint_step, bench_saturation, bench_step_modes, bench_task, floor_rates,
+                            main, project_paper, training_flops)
 from rawdrift.corruptions import CORRUPTIONS
 from rawdrift.profiles import load_profile
 from rawdrift.training import BN_TILES
@@ -25,6 +26,42 @@ def test_bench_measures_both_paths_on_cpu():
     only = bench_task("microscopy", {"classes": 3}, size=16, batch=4, device=CPU, n_data=16, warmup=1, windows=1,
                       steps=1, modes=("ceiling",))
     assert "pipeline_images_per_s" not in only and "ratio" not in only
+
+
+def test_training_flops_grow_with_the_pixel_count():
+    """Convolutions cost in proportion to the pixels: 4x the pixels, 4x the FLOPs (within 2 %:
+    the classifier head does not grow); U-Net++ costs far more per image than ResNet18."""
+    task = PAPER_PROTOCOL["datasets"]
+    small, large = (training_flops("microscopy", task["microscopy"]["task"], s) for s in (32, 64))
+    assert large / small == pytest.approx(4.0, rel=0.02)
+    assert training_flops("drone", task["drone"]["task"], 64) > 5 * large
+
+
+def test_saturation_and_floor_rates():
+    setups = {"microscopy": ({"classes": 3}, 2)}
+    sat = bench_saturation(setups, 16, CPU, amp=False, factors=(1, 2))
+    assert sat["microscopy"]["batches"] == [2, 4] and len(sat["microscopy"]["images_per_s"]) == 2
+    assert sat["microscopy"]["best_images_per_s"] == max(sat["microscopy"]["images_per_s"])
+    rates = {"microscopy": {"size": 16, "train": 1.0, "train_concurrent": 2.0, "inference": 3.0, "joint": 4.0}}
+    floor = floor_rates(rates, sat)["microscopy"]
+    assert floor["train"] == floor["train_concurrent"] == sat["microscopy"]["best_images_per_s"]
+    assert (floor["inference"], floor["joint"]) == (3.0, 4.0) and rates["microscopy"]["train"] == 1.0
+
+
+def test_step_modes_bench_compares_against_eager_and_records_failures():
+    """Each mode's rate against eager (whose speedup is 1 by definition); a mode that cannot run
+    (here U-Net++ of depth 5 on 16 px tiles: smp asks for sides divisible by 32) is recorded
+    with its error, and ``report`` sees the results grow one mode at a time."""
+    seen = []
+    r = bench_step_modes("microscopy", {"classes": 3}, size=16, batch=4, device=CPU, amp=False,
+                         modes=("eager", "fused_adam"), warmup=1, windows=1, steps=1,
+                         report=lambda out: seen.append(list(out)))
+    assert seen == [["eager"], ["eager", "fused_adam"]]
+    assert r["eager"]["speedup"] == 1.0 and r["eager"]["first_steps_s"] > 0
+    assert r["fused_adam"]["speedup"] == pytest.approx(r["fused_adam"]["images_per_s"] / r["eager"]["images_per_s"])
+    bad = bench_step_modes("drone", PAPER_PROTOCOL["datasets"]["drone"]["task"], size=16, batch=2, device=CPU, amp=False, modes=("eager",), warmup=1,
+                           windows=1, steps=1)
+    assert set(bad["eager"]) == {"error"} and "divisible by 32" in bad["eager"]["error"]
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(

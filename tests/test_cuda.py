@@ -445,3 +445,29 @@ def test_gpu_check_reports_every_step_and_fails_on_any_failure(tmp_path, monkeyp
     assert gpucheck.main(["--out", str(tmp_path / "c"), "--budget", "0"]) == 1      # out of time: nothing starts
     assert not calls
     assert gpucheck.main(["--out", str(tmp_path / "d"), "--steps", "tests,lint"]) == 2
+
+
+def test_gpu_check_paper_step_times_one_train_stage_per_dataset(tmp_path):
+    """The ``paper`` step on the CPU at a tiny size (overrides over profiles/paper.yaml): fetch
+    and render, then the train stage alone, timed, next to the projection of a ``cuda.json``."""
+    from rawdrift import gpucheck
+    bench = tmp_path / "bench"
+    out = bench / "gpu-check"
+    out.mkdir(parents=True)
+    (bench / "cuda.json").write_text(json.dumps({"projection": {"datasets": {"microscopy": {
+        "train": 1200.0, "train_concurrent": 600.0}}}}))
+    tiny = {"device": "cpu", "data": {"folds": 2, "microscopy": {"count": 18, "tile": 32}},
+            "train": {"microscopy": {"epochs": 1, "batch_size": 6}}}
+    r = gpucheck.step_paper(out, 600, datasets=("microscopy",), overrides=tiny)
+    assert r["rc"] == 0, Path(r["log"]).read_text()[-2000:]
+    report = json.loads((out / "paper.json").read_text())
+    m = report["microscopy"]
+    assert m["render_s"] > 0 and m["train_s"] > 0
+    assert m["projected_s"] == pytest.approx(1200.0 / 12) and m["projected_concurrent_s"] == pytest.approx(50.0)
+    ws = Path(r["workspace"])
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    assert params["train"]["microscopy"]["lr"] == 0.0001 and params["data"]["microscopy"]["tile"] == 32
+    assert (ws / "metrics/train/microscopy/bi_s_ga.json").is_file()
+    assert not (ws / "metrics/train/microscopy/ma_s_ga.json").exists()       # one train stage, not the matrix
+    assert "Running stage 'train@microscopy-bi_s_ga'" in Path(r["log"]).read_text()
+    shutil.rmtree(ws.parent)

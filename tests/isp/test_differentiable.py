@@ -47,7 +47,7 @@ def test_every_group_gets_a_finite_nonzero_gradient(camera, device):
     raw[0, :4, :4] = 0.0                     # dark corner: clipped pixels must not give inf/nan
     isp = ParametrizedISP(camera, dtype=torch.float64).to(device)
     out = isp(raw.to(device))
-    (out * torch.linspace(0, 1, out.numel(), dtype=out.dtype).reshape(out.shape)).sum().backward()
+    (out * torch.linspace(0, 1, out.numel(), dtype=out.dtype, device=out.device).reshape(out.shape)).sum().backward()
     assert [n for n, _ in isp.named_parameters()] == list(PARAMETER_GROUPS)
     for name, p in isp.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
