@@ -1,6 +1,7 @@
 """``make gpu-check``: the CUDA acceptance run, one command on a machine with an NVIDIA GPU.
 
-``python -m rawdrift.gpucheck`` runs, in this order and within one time budget (10 minutes):
+``python -m rawdrift.gpucheck`` runs, within one time budget (10 minutes), steps 1 and 2 at the
+same time (they time nothing; ``--serial``: one after the other), then step 3 alone:
 
 1. ``tests``: the CUDA tests (``pytest tests/test_cuda.py tests/isp/test_differentiable.py``),
    report ``bench/gpu-check/pytest.xml``;
@@ -34,11 +35,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_CUDA = "make gpu-check: no CUDA device (torch.cuda.is_available() is false)"
 STEPS = ("tests", "repro", "bench")
+#: Steps that time nothing: they run at the same time, before the others (unless ``--serial``);
+#: ``bench`` and ``paper`` then run one at a time, alone on the machine.
+UNTIMED_STEPS = ("tests", "repro")
 #: Steps run only when ``--steps`` names them.
 OPTIONAL_STEPS = ("paper",)
 #: The view whose train stage the ``paper`` step times (forensics starts from it).
@@ -210,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for all steps together (default 600)")
     ap.add_argument("--steps", default=",".join(STEPS),
                     help=f"comma-separated, of {','.join(STEPS + OPTIONAL_STEPS)} (default {','.join(STEPS)})")
+    ap.add_argument("--serial", action="store_true",
+                    help=f"one step at a time (default: {' and '.join(UNTIMED_STEPS)} together, then the rest)")
     args = ap.parse_args(argv)
     steps = [s for s in args.steps.split(",") if s]
     unknown = [s for s in steps if s not in STEPS + OPTIONAL_STEPS]
@@ -223,16 +230,24 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve() / "gpu-check"
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    results = []
-    for name in steps:
+    done: dict[str, dict] = {}
+
+    def run(name: str) -> None:
         left = args.budget - (time.perf_counter() - start)
         if left <= 0:
-            results.append({"step": name, "rc": 124, "seconds": 0.0, "log": None, "note": "not started: budget spent"})
-            continue
-        r = RUNNERS[name](out, left)
-        results.append(r)
+            done[name] = {"step": name, "rc": 124, "seconds": 0.0, "log": None, "note": "not started: budget spent"}
+            return
+        r = done[name] = RUNNERS[name](out, left)
         print(f"make gpu-check: {name}: {'ok' if r['rc'] == 0 else 'FAILED (exit %d)' % r['rc']} in {r['seconds']:.0f} s"
               f" (log {r['log']})", flush=True)
+    together = [] if args.serial else [s for s in steps if s in UNTIMED_STEPS]
+    if together:
+        with ThreadPoolExecutor(len(together)) as pool:
+            list(pool.map(run, together))
+    for name in steps:
+        if name not in done:
+            run(name)
+    results = [done[name] for name in steps]
     total = time.perf_counter() - start
     passed = all(r["rc"] == 0 for r in results) and total <= args.budget
     report = {"passed": passed, "seconds": round(total, 1), "budget_s": args.budget, "steps": results,

@@ -471,3 +471,33 @@ def test_gpu_check_paper_step_times_one_train_stage_per_dataset(tmp_path):
     assert not (ws / "metrics/train/microscopy/ma_s_ga.json").exists()       # one train stage, not the matrix
     assert "Running stage 'train@microscopy-bi_s_ga'" in Path(r["log"]).read_text()
     shutil.rmtree(ws.parent)
+
+
+def test_gpu_check_runs_the_untimed_steps_together_and_the_bench_alone(tmp_path, monkeypatch):
+    """tests and repro overlap (both wait on a barrier only the other can open); bench starts
+    after both ended; with --serial nothing overlaps."""
+    import threading
+    import time
+    from rawdrift import gpucheck
+    monkeypatch.setattr(gpucheck, "cuda_available", lambda: True)
+    spans, barrier = {}, threading.Barrier(2, timeout=10)
+
+    def step(name, wait):
+        def run(out, left):
+            t0 = time.monotonic()
+            if wait:
+                barrier.wait()
+            time.sleep(0.05)
+            spans[name] = (t0, time.monotonic())
+            return {"step": name, "rc": 0, "seconds": 0.0, "log": None}
+        return run
+    monkeypatch.setattr(gpucheck, "RUNNERS", {"tests": step("tests", True), "repro": step("repro", True),
+                                             "bench": step("bench", False)})
+    assert gpucheck.main(["--out", str(tmp_path / "a"), "--steps", "bench,tests,repro"]) == 0
+    assert spans["bench"][0] >= max(spans["tests"][1], spans["repro"][1])
+    report = json.loads((tmp_path / "a/gpu-check/report.json").read_text())
+    assert [s["step"] for s in report["steps"]] == ["bench", "tests", "repro"]      # as asked
+    monkeypatch.setattr(gpucheck, "RUNNERS", {n: step(n, False) for n in ("tests", "repro", "bench")})
+    spans.clear()
+    assert gpucheck.main(["--out", str(tmp_path / "b"), "--serial"]) == 0
+    assert spans["tests"][1] <= spans["repro"][0] and spans["repro"][1] <= spans["bench"][0]
