@@ -275,7 +275,10 @@ def forensics_sweep(load_model, cfg: TaskConfig, camera: Camera, raw: torch.Tens
         search_tiles: training tiles per fold used for the search (a seeded subset, the same for
             every search of the fold); 0 = all of them.
         max_batch: tiles per task-model pass: ``max_batch // batch_size`` searches are stepped
-            together (:func:`adversarial_searches`); an execution setting, not a result one.
+            together (:func:`adversarial_searches`). The same searches in exact arithmetic, but
+            not the same floats: a convolution sums in another order at another batch size
+            (ResNet18 logits differ by about 4e-7), and Adam's normalised steps amplify such
+            differences where a gradient is near zero, so the results depend on it.
 
     Returns:
         the ``metrics/forensics/<dataset>.json`` dict: metric, lambdas, groups, settings, clean

@@ -100,16 +100,21 @@ def test_make_repro_paper_runs_dvc_exp_run_with_the_profile(tmp_path):
     bin_dir.mkdir()
     (bin_dir / "python").write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} \"$@\"\n")
     (bin_dir / "dvc").write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -c "
-                                 "'import json, sys; print(json.dumps(sys.argv[1:]))' \"$@\"\n")
+                                 "'import json, os, sys; print(os.environ.get(\"RAWDRIFT_CONCURRENT_FOLDS\")); "
+                                 "print(json.dumps(sys.argv[1:]))' \"$@\"\n")
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     stamp = tmp_path / "stamp"
     stamp.touch()
     os.utime(stamp, (4e9, 4e9))                    # newer than requirements.txt: nothing to install
-    r = subprocess.run(["make", "-s", "-C", str(ROOT), "repro-paper", f"BIN={bin_dir}", f"STAMP={stamp}"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert yaml.safe_load(r.stdout.strip().splitlines()[-1]) == ["exp", "run", *dvc_args(load_profile("paper"))]
+    env = {k: v for k, v in os.environ.items() if k != "RAWDRIFT_CONCURRENT_FOLDS"}
+    for given, expected in ((None, "1"), ("0", "0")):       # concurrent folds unless the user says otherwise
+        r = subprocess.run(["make", "-s", "-C", str(ROOT), "repro-paper", f"BIN={bin_dir}", f"STAMP={stamp}"],
+                           capture_output=True, text=True, timeout=300,
+                           env=env if given is None else dict(env, RAWDRIFT_CONCURRENT_FOLDS=given))
+        assert r.returncode == 0, r.stderr
+        *_, concurrent, argv = r.stdout.strip().splitlines()
+        assert yaml.safe_load(argv) == ["exp", "run", *dvc_args(load_profile("paper"))] and concurrent == expected
 
 
 def test_profiles_cli_prints_quoted_dvc_args():
