@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -427,13 +426,11 @@ STEP_MODES = ("eager", "fused_adam", "compile_cudagraphs", "compile")
 
 
 def bench_step_modes(dataset: str, cfg_values: dict, size: int, batch: int, device: torch.device,
-                     amp: bool, modes=STEP_MODES, warmup: int = 3, windows: int = 3, steps: int = 10,
-                     report: Callable[[dict], None] | None = None) -> dict:
+                     amp: bool, modes=STEP_MODES, warmup: int = 3, windows: int = 3, steps: int = 10) -> dict:
     """Images/s of the task model's training step (network, loss, Adam on one device-resident
     batch, as :func:`bench_task`'s ceiling) in each execution mode of ``modes``, and the
     seconds its first ``warmup`` steps took (compilation and graph capture). A mode that fails
     is recorded with its error, not raised: the comparison is what the benchmark is for.
-    ``report`` is called with the results so far after each mode.
 
     Returns:
         {mode: {"images_per_s", "first_steps_s", "speedup" (vs eager)} or {"error": str}}.
@@ -462,12 +459,10 @@ def bench_step_modes(dataset: str, cfg_values: dict, size: int, batch: int, devi
                          "first_steps_s": first}
         except Exception as exc:     # noqa: BLE001 - a mode that cannot run is a result
             out[mode] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
-        base = out.get("eager", {}).get("images_per_s")
-        for r in out.values():
-            if base and "images_per_s" in r:
-                r["speedup"] = r["images_per_s"] / base
-        if report:
-            report(out)
+    base = out.get("eager", {}).get("images_per_s")
+    for r in out.values():
+        if base and "images_per_s" in r:
+            r["speedup"] = r["images_per_s"] / base
     torch._dynamo.reset()
     return out
 
@@ -495,21 +490,25 @@ def bench_determinism(setups: dict, size: int, device: torch.device, amp: bool) 
 
 def _write_step_modes(setups: dict, size: int, device: torch.device, amp: bool, out: Path) -> None:
     """``--step-modes``: :func:`bench_step_modes` per dataset at its paper batch, to
-    ``<out>/<device>-step-modes.json``, one line per mode on stdout."""
+    ``<out>/<device>-step-modes.json`` (rewritten after every mode: a run cut short keeps what
+    it measured), one line per mode on stdout. Mode by mode, every dataset's eager modes before
+    any compilation: inductor's compile workers stay behind and take CPU time that a
+    launch-bound step needs."""
     path = out / f"{device.type}-step-modes.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    modes: dict = {}
-
-    def write(name: str, batch: int, results: dict) -> None:     # after every mode: a cut-short run keeps its part
-        modes[name] = {"batch": batch, **results}
-        path.write_text(json.dumps({"device": device_name(device), "torch": torch.__version__, "size": size,
-                                    "bf16": amp, "modes": modes}, indent=2) + "\n")
-        mode, r = list(results.items())[-1]
-        print(f"{name} {mode}: " + (f"failed: {r['error']}" if "error" in r else
-              f"{r['images_per_s']:.0f} img/s ({r.get('speedup', 1.0):.2f}x eager), first steps "
-              f"{r['first_steps_s']:.1f} s"), flush=True)
-    for name, (values, batch) in setups.items():
-        bench_step_modes(name, values, size, batch, device, amp, report=lambda r, n=name, b=batch: write(n, b, r))
+    modes: dict = {name: {"batch": batch} for name, (_, batch) in setups.items()}
+    for mode in STEP_MODES:
+        for name, (values, batch) in setups.items():
+            r = bench_step_modes(name, values, size, batch, device, amp, modes=(mode,))[mode]
+            eager = modes[name].get("eager", {}).get("images_per_s")
+            if eager and "images_per_s" in r:
+                r["speedup"] = r["images_per_s"] / eager
+            modes[name][mode] = r
+            path.write_text(json.dumps({"device": device_name(device), "torch": torch.__version__, "size": size,
+                                        "bf16": amp, "modes": modes}, indent=2) + "\n")
+            print(f"{name} {mode}: " + (f"failed: {r['error']}" if "error" in r else
+                  f"{r['images_per_s']:.0f} img/s ({r.get('speedup', 1.0):.2f}x eager), first steps "
+                  f"{r['first_steps_s']:.1f} s"), flush=True)
     print(f"wrote {path}")
 
 
