@@ -53,6 +53,17 @@ TESTS = ("tests/test_cuda.py", "tests/isp/test_differentiable.py")
 BUDGET_S = 600
 
 
+#: What the steps import beyond torch, numpy and the scientific stack a GPU image has (module names).
+NEEDED = ("dvc", "dvclive", "segmentation_models_pytorch", "colour_demosaicing", "colour", "corrupt_tta", "yaml",
+          "pytest")
+
+
+def missing_packages(names=NEEDED) -> list[str]:
+    """The modules of ``names`` this interpreter cannot import."""
+    import importlib.util
+    return [n for n in names if importlib.util.find_spec(n) is None]
+
+
 def cuda_available() -> bool:
     import torch
     return torch.cuda.is_available()
@@ -226,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not cuda_available():
         print(NO_CUDA, file=sys.stderr)
+        return 2
+    missing = missing_packages()
+    if missing:
+        print(f"make gpu-check: {', '.join(missing)} not importable by {sys.executable} (without a package "
+              "registry: ../shared/tools/device-wheels here, then docs/performance.md's install there)",
+              file=sys.stderr)
         return 2
     out = args.out.resolve() / "gpu-check"
     out.mkdir(parents=True, exist_ok=True)

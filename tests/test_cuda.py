@@ -501,3 +501,15 @@ def test_gpu_check_runs_the_untimed_steps_together_and_the_bench_alone(tmp_path,
     spans.clear()
     assert gpucheck.main(["--out", str(tmp_path / "b"), "--serial"]) == 0
     assert spans["tests"][1] <= spans["repro"][0] and spans["repro"][1] <= spans["bench"][0]
+
+
+def test_gpu_check_names_missing_packages_in_one_line(tmp_path, monkeypatch, capsys):
+    from rawdrift import gpucheck
+    assert gpucheck.missing_packages() == []                  # the test venv has them all
+    assert gpucheck.missing_packages(("yaml", "no_such_module_here")) == ["no_such_module_here"]
+    monkeypatch.setattr(gpucheck, "cuda_available", lambda: True)
+    monkeypatch.setattr(gpucheck, "missing_packages", lambda: ["no_such_module_here"])
+    assert gpucheck.main(["--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("make gpu-check: no_such_module_here not importable by ")
+    assert not (tmp_path / "b").exists()
