@@ -456,7 +456,8 @@ def test_gpu_check_paper_step_times_one_train_stage_per_dataset(tmp_path):
     out.mkdir(parents=True)
     (bench / "cuda.json").write_text(json.dumps({"projection": {"datasets": {"microscopy": {
         "train": 1200.0, "train_concurrent": 600.0}}}}))
-    tiny = {"device": "cpu", "data": {"folds": 2, "microscopy": {"count": 18, "tile": 32}},
+    tiny = {"device": "cpu", "views": ["bi_s_ga", "ma_s_ga"],
+            "data": {"folds": 2, "microscopy": {"count": 18, "tile": 32}},
             "train": {"microscopy": {"epochs": 1, "batch_size": 6}}}
     r = gpucheck.step_paper(out, 600, datasets=("microscopy",), overrides=tiny)
     assert r["rc"] == 0, Path(r["log"]).read_text()[-2000:]
