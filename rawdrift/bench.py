@@ -19,8 +19,8 @@ size, and the projected time to corrupt the held-out tiles of every train view t
 corruption and severity at that size), the FLOPs of one training image of each task model
 (:func:`training_flops`) and on CUDA the bare network at growing batches
 (:func:`bench_saturation`). ``--step-modes`` instead compares the training step's execution
-modes (eager, fused Adam, ``torch.compile``, CUDA graphs: :func:`bench_step_modes`). The paper protocol is ``profiles/paper.yaml`` laid over
-``params.yaml`` (:data:`PAPER_PROTOCOL`), as ``make repro-paper`` runs it. From these rates it
+modes (eager, fused Adam, ``torch.compile``, CUDA graphs: :func:`bench_step_modes`). The paper
+protocol is ``profiles/paper.yaml`` laid over ``params.yaml`` (:data:`PAPER_PROTOCOL`), as ``make repro-paper`` runs it. From these rates it
 projects the whole protocol (:func:`project_paper`), stage by stage, and writes ``bench/<device>.json`` with
 images/s, their ratios, the projection and the device name. Timings are medians of repeated
 windows after warm-up; no test asserts on them.
@@ -459,12 +459,18 @@ def bench_step_modes(dataset: str, cfg_values: dict, size: int, batch: int, devi
                          "first_steps_s": first}
         except Exception as exc:     # noqa: BLE001 - a mode that cannot run is a result
             out[mode] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
-    base = out.get("eager", {}).get("images_per_s")
-    for r in out.values():
-        if base and "images_per_s" in r:
-            r["speedup"] = r["images_per_s"] / base
+    _add_speedups(out)
     torch._dynamo.reset()
     return out
+
+
+def _add_speedups(results: dict) -> None:
+    """Set ``speedup`` (images/s over eager's) on every measured mode of ``results`` ({mode:
+    {"images_per_s", ...} or {"error"}}, other keys ignored) once ``"eager"`` is measured."""
+    base = results.get("eager", {}).get("images_per_s")
+    for r in results.values():
+        if base and isinstance(r, dict) and "images_per_s" in r:
+            r["speedup"] = r["images_per_s"] / base
 
 
 def bench_determinism(setups: dict, size: int, device: torch.device, amp: bool) -> dict:
@@ -499,11 +505,8 @@ def _write_step_modes(setups: dict, size: int, device: torch.device, amp: bool, 
     modes: dict = {name: {"batch": batch} for name, (_, batch) in setups.items()}
     for mode in STEP_MODES:
         for name, (values, batch) in setups.items():
-            r = bench_step_modes(name, values, size, batch, device, amp, modes=(mode,))[mode]
-            eager = modes[name].get("eager", {}).get("images_per_s")
-            if eager and "images_per_s" in r:
-                r["speedup"] = r["images_per_s"] / eager
-            modes[name][mode] = r
+            r = modes[name][mode] = bench_step_modes(name, values, size, batch, device, amp, modes=(mode,))[mode]
+            _add_speedups(modes[name])
             path.write_text(json.dumps({"device": device_name(device), "torch": torch.__version__, "size": size,
                                         "bf16": amp, "modes": modes}, indent=2) + "\n")
             print(f"{name} {mode}: " + (f"failed: {r['error']}" if "error" in r else
@@ -544,7 +547,8 @@ def main(argv=None) -> None:
     folds = PAPER_PROTOCOL["folds"]
     # the paper profile's task models at its batches (on a CPU at most 32 tiles a step)
     setups = {name: (d["task"], d["batch"] if cuda else min(d["batch"], 32))
-              for name, d in PAPER_PROTOCOL["datasets"].items() if not args.datasets or name in args.datasets.split(",")}
+              for name, d in PAPER_PROTOCOL["datasets"].items()
+              if not args.datasets or name in args.datasets.split(",")}
     if args.datasets and not args.step_modes:
         ap.exit(2, "error: --datasets: only with --step-modes (the projection needs every dataset)\n")
     if not setups:
@@ -578,11 +582,12 @@ def main(argv=None) -> None:
     per_image = sum(1.0 / r for r in corr["images_per_s"].values())
     projection = project_paper(rates, render["torch_view_images_per_s"], per_image)
     if saturation:
-        projection["floor"] = project_paper(floor_rates(rates, saturation), render["torch_view_images_per_s"], per_image)
+        projection["floor"] = project_paper(floor_rates(rates, saturation), render["torch_view_images_per_s"],
+                                            per_image)
     result = {"device": device_name(device), "torch": torch.__version__, "runs": runs, "concurrent": concurrent,
               "rates": rates, "training_gflop_per_image": {n: f / 1e9 for n, f in flops.items()},
-              "determinism": determinism, "saturation": saturation, "corruptions": corr, "render": render, "projection": projection,
-              "protocol": PAPER_PROTOCOL}
+              "determinism": determinism, "saturation": saturation, "corruptions": corr, "render": render,
+              "projection": projection, "protocol": PAPER_PROTOCOL}
     out = Path(args.out) / f"{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

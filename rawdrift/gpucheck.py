@@ -148,13 +148,12 @@ def step_bench(out: Path, timeout: float) -> dict:
 
 def _projected_train_stage(bench_json: Path, dataset: str) -> dict:
     """What ``bench_json``'s rates (``make bench``) project for one train stage of ``dataset`` at
-    the paper protocol: the projection's train time over the number of views, in lockstep and
-    with concurrent folds; {} without the file."""
+    the paper protocol: the projection's train time over the number of views of the protocol it
+    projected (its ``protocol`` record), in lockstep and with concurrent folds; {} without the file."""
     if not bench_json.is_file():
         return {}
-    from rawdrift.bench import PAPER_PROTOCOL
-    proj = json.loads(bench_json.read_text())["projection"]["datasets"][dataset]
-    views = PAPER_PROTOCOL["views"]
+    bench = json.loads(bench_json.read_text())
+    proj, views = bench["projection"]["datasets"][dataset], bench["protocol"]["views"]
     return {"projected_s": proj["train"] / views, "projected_concurrent_s": proj["train_concurrent"] / views}
 
 

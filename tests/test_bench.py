@@ -57,8 +57,8 @@ def test_step_modes_bench_compares_against_eager_and_records_failures():
     assert list(r) == ["eager", "fused_adam"]
     assert r["eager"]["speedup"] == 1.0 and r["eager"]["first_steps_s"] > 0
     assert r["fused_adam"]["speedup"] == pytest.approx(r["fused_adam"]["images_per_s"] / r["eager"]["images_per_s"])
-    bad = bench_step_modes("drone", PAPER_PROTOCOL["datasets"]["drone"]["task"], size=16, batch=2, device=CPU, amp=False, modes=("eager",), warmup=1,
-                           windows=1, steps=1)
+    bad = bench_step_modes("drone", PAPER_PROTOCOL["datasets"]["drone"]["task"], size=16, batch=2, device=CPU,
+                           amp=False, modes=("eager",), warmup=1, windows=1, steps=1)
     assert set(bad["eager"]) == {"error"} and "divisible by 32" in bad["eager"]["error"]
 
 

@@ -454,7 +454,7 @@ def test_gpu_check_paper_step_times_one_train_stage_per_dataset(tmp_path):
     bench = tmp_path / "bench"
     out = bench / "gpu-check"
     out.mkdir(parents=True)
-    (bench / "cuda.json").write_text(json.dumps({"projection": {"datasets": {"microscopy": {
+    (bench / "cuda.json").write_text(json.dumps({"protocol": {"views": 12}, "projection": {"datasets": {"microscopy": {
         "train": 1200.0, "train_concurrent": 600.0}}}}))
     tiny = {"device": "cpu", "views": ["bi_s_ga", "ma_s_ga"],
             "data": {"folds": 2, "microscopy": {"count": 18, "tile": 32}},
