@@ -20,8 +20,10 @@ corruption and severity at that size), the FLOPs of one training image of each t
 (:func:`training_flops`) and on CUDA the bare network at growing batches
 (:func:`bench_saturation`). ``--step-modes`` instead compares the training step's execution
 modes (eager, fused Adam, ``torch.compile``, CUDA graphs: :func:`bench_step_modes`). The paper
-protocol is ``profiles/paper.yaml`` laid over ``params.yaml`` (:data:`PAPER_PROTOCOL`), as ``make repro-paper`` runs it. From these rates it
-projects the whole protocol (:func:`project_paper`), stage by stage, and writes ``bench/<device>.json`` with
+protocol is ``profiles/paper.yaml`` laid over ``params.yaml`` (:data:`PAPER_PROTOCOL`), as
+``make repro-paper`` runs it: the training steps run in its ``compile`` mode, the forensics
+searches at its ``forensics.max_batch`` tiles per pass. From these rates it projects the whole
+protocol (:func:`project_paper`), stage by stage, and writes ``bench/<device>.json`` with
 images/s, their ratios, the projection and the device name. Timings are medians of repeated
 windows after warm-up; no test asserts on them.
 """
@@ -41,27 +43,29 @@ from rawdrift.corruptions import CORRUPTIONS, corrupt
 from rawdrift.errors import ParamError
 from rawdrift.runtime import CUBLAS_WORKSPACE, configure_backends, resolve_device, resolve_precision
 from rawdrift.tasks import TaskModel, loss_fn, predict, task_config
-from rawdrift.training import BN_TILES, dihedral_augment, optimisation_step
+from rawdrift.training import BN_TILES, adam, compiled, dihedral_augment, optimisation_step
 
 def protocol(profile: str = "paper") -> dict:
     """The counts :func:`project_paper` needs, from ``params.yaml`` with ``profiles/<profile>.yaml``
     laid over it (:func:`rawdrift.profiles.resolve`, validated), as ``make repro-paper`` runs it:
     views, folds; per dataset the tiles, tile side, train batch and epochs, optimize epochs and
     eval_every, and the task model (``train.<dataset>``); corruptions x severities; forensics
-    groups x lambdas x epochs; optimize modes x intensities."""
+    groups x lambdas x epochs and tiles per pass (``max_batch``); optimize modes x intensities;
+    the ``compile`` mode of the training steps."""
     from rawdrift.profiles import resolve, validate
     sections = validate(resolve(profile))
     data, train, opt = sections["data"], sections["train"], sections["optimize"]
     first, first_opt = next(iter(data.values())), next(iter(opt.values()))
     fo = sections["forensics"]
     return {
-        "profile": profile, "views": len(sections["views"]), "folds": first.folds,
+        "profile": profile, "views": len(sections["views"]), "folds": first.folds, "compile": sections["compile"],
         "datasets": {d: {"tiles": data[d].count, "tile": data[d].tile, "batch": train[d].batch_size,
                          "epochs": train[d].epochs, "optimize_epochs": opt[d].epochs, "eval_every": opt[d].eval_every,
                          "task": {k: v for k, v in train[d].to_dict().items() if k not in ("task", "extra")}}
                      for d in data},
         "corruptions": len(sections["corruptions"].names), "severities": len(sections["corruptions"].severities),
-        "forensics": {"groups": len(fo.groups), "lambdas": len(fo.lambdas), "epochs": fo.epochs},
+        "forensics": {"groups": len(fo.groups), "lambdas": len(fo.lambdas), "epochs": fo.epochs,
+                      "max_batch": fo.max_batch},
         "optimize": {"modes": len(first_opt.modes), "intensities": len(first_opt.intensities)},
     }
 
@@ -73,11 +77,6 @@ PAPER_PROTOCOL = protocol("paper")
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-#: Tiles per task-model pass of forensics: ``forensics_sweep(max_batch=64)`` steps
-#: 64 // batch_size searches together.
-SEARCH_BATCH = 64
 
 
 def _random_data(cfg, n: int, size: int, device: torch.device, gen: torch.Generator):
@@ -117,9 +116,11 @@ def _steps_per_second(step, device: torch.device, warmup: int, windows: int, ste
 
 def bench_task(dataset: str, cfg_values: dict, size: int, batch: int, device: torch.device, n_data: int = 512,
                warmup: int = 3, windows: int = 3, steps: int = 5, amp: bool | None = None,
-               modes=("ceiling", "pipeline")) -> dict:
+               modes=("ceiling", "pipeline"), compile_mode: str = "none") -> dict:
     """Images/s of the training step for one task model: ceiling vs rawdrift's pipeline
-    (``modes`` picks which are measured; the ratio needs both)."""
+    (``modes`` picks which are measured; the ratio needs both), both with the engine's Adam
+    (:func:`rawdrift.training.adam`) and the step run as ``compile_mode`` says
+    (:func:`rawdrift.training.compiled`; the first steps, which compile, are the warm-up)."""
     cfg = task_config(dataset, dict(cfg_values, batch_size=batch))
     amp = device.type == "cuda" if amp is None else amp
     gen = torch.Generator(device=device).manual_seed(0)
@@ -127,16 +128,18 @@ def bench_task(dataset: str, cfg_values: dict, size: int, batch: int, device: to
     for mode in modes:
         torch.manual_seed(0)
         model = TaskModel(cfg).to(device, memory_format=torch.channels_last).train()
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        opt = adam(model.parameters(), cfg.lr, device)
         if mode == "ceiling":
             xb, yb = _random_data(cfg, batch, size, device, gen)
+            net = compiled(model.net, compile_mode)
 
             def step():
-                optimisation_step(model.net, opt, cfg, xb, yb, amp=amp)
+                optimisation_step(net, opt, cfg, xb, yb, amp=amp)
         else:
-            step = _pipeline_step(model, opt, cfg, n_data, size, device, gen, amp)
+            step = _pipeline_step(compiled(model, compile_mode), opt, cfg, n_data, size, device, gen, amp)
         results[mode] = batch * _steps_per_second(step, device, warmup, windows, steps)
-    out = {"dataset": dataset, "size": size, "batch": batch, "config": cfg.to_dict(), "bf16": amp}
+    out = {"dataset": dataset, "size": size, "batch": batch, "config": cfg.to_dict(), "bf16": amp,
+           "compile": compile_mode}
     out.update({f"{m}_images_per_s": r for m, r in results.items()})
     if len(results) == 2:
         out["ratio"] = results["pipeline"] / results["ceiling"]
@@ -170,7 +173,7 @@ def bench_joint_step(dataset: str, cfg_values: dict, size: int, batch: int, devi
     torch.manual_seed(0)
     isp = constrain(ParametrizedISP(CAMERAS[dataset])).to(device)
     model = TaskModel(cfg).to(device, memory_format=torch.channels_last).train()
-    opt = torch.optim.Adam([{"params": list(model.parameters())}] + optimiser_groups(isp, "all", 0.01), lr=cfg.lr)
+    opt = adam([{"params": list(model.parameters())}] + optimiser_groups(isp, "all", 0.01), cfg.lr, device)
     raw = torch.rand(batch, size, size, device=device, generator=gen) * 0.5 + 0.07
     _, yb = _random_data(cfg, batch, size, device, gen)
 
@@ -185,7 +188,8 @@ def bench_joint_step(dataset: str, cfg_values: dict, size: int, batch: int, devi
 
 
 def _concurrent_worker(dataset: str, cfg_values: dict, size: int, batch: int, device: str, amp: bool,
-                       threads: int, warmup: int, steps: int, n_data: int, seed: int, barrier, queue) -> None:
+                       threads: int, warmup: int, steps: int, n_data: int, seed: int, barrier, queue,
+                       compile_mode: str = "none") -> None:
     """One fold's training loop (as :func:`bench_task`'s pipeline) in its own process; puts the
     (start, end) of its timed steps, on the machine's monotonic clock, into ``queue``."""
     try:
@@ -196,8 +200,8 @@ def _concurrent_worker(dataset: str, cfg_values: dict, size: int, batch: int, de
         gen = torch.Generator(device=dev).manual_seed(seed)
         torch.manual_seed(seed)
         model = TaskModel(cfg).to(dev, memory_format=torch.channels_last).train()
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        step = _pipeline_step(model, opt, cfg, n_data, size, dev, gen, amp)
+        opt = adam(model.parameters(), cfg.lr, dev)
+        step = _pipeline_step(compiled(model, compile_mode), opt, cfg, n_data, size, dev, gen, amp)
         for _ in range(warmup):
             step()
         _sync(dev)
@@ -214,17 +218,18 @@ def _concurrent_worker(dataset: str, cfg_values: dict, size: int, batch: int, de
 
 def bench_concurrent(dataset: str, cfg_values: dict, size: int, batch: int, device: torch.device, processes: int,
                      warmup: int = 3, steps: int = 10, n_data: int = 256, threads: int = 0,
-                     amp: bool | None = None) -> dict:
+                     amp: bool | None = None, compile_mode: str = "none") -> dict:
     """Images/s of ``processes`` training loops at ``batch`` running at once on ``device``, one
     process each (as ``RAWDRIFT_CONCURRENT_FOLDS=1`` trains folds), counted together from the
-    moment all have warmed up to the moment the last one is done."""
+    moment all have warmed up to the moment the last one is done; each step as
+    ``compile_mode`` says."""
     import torch.multiprocessing as tmp
     amp = device.type == "cuda" if amp is None else amp
     ctx = tmp.get_context("spawn")
     barrier, queue = ctx.Barrier(processes), ctx.Queue()
     procs = [ctx.Process(target=_concurrent_worker,
                          args=(dataset, cfg_values, size, batch, str(device), amp, threads, warmup, steps, n_data, k,
-                               barrier, queue)) for k in range(processes)]
+                               barrier, queue, compile_mode)) for k in range(processes)]
     for proc in procs:
         proc.start()
     spans = [queue.get() for _ in procs]
@@ -298,8 +303,9 @@ def project_paper(rates: dict, render_view_images_per_s: float, corruption_s_per
 
     Args:
         rates: per dataset {"size" (px the rates were measured at), "train", "inference",
-            "joint" and optionally "train_concurrent" and "search" (the joint step at the 64
-            tiles per pass that forensics steps its searches together in), in images/s.
+            "joint" and optionally "train_concurrent" and "search" (the joint step at the
+            ``forensics.max_batch`` tiles per pass that forensics steps its searches together
+            in), in images/s.
             Rates measured below the protocol's tile are scaled by (size / tile)^2, as
             convolution cost goes with the pixel count (an approximation: small tiles leave a
             device less busy, so it overestimates them).
@@ -558,10 +564,13 @@ def main(argv=None) -> None:
         _write_step_modes(setups, size, device, amp, Path(args.out))
         return
     runs, concurrent, rates = [], [], {}
+    mode = PAPER_PROTOCOL["compile"]           # the training steps as the profile runs them
+    search_batch = PAPER_PROTOCOL["forensics"]["max_batch"]      # forensics' searches, stepped together
+    search_batch = search_batch if cuda else min(search_batch, 64)
     for name, (values, batch) in setups.items():
-        run = bench_task(name, values, size, batch, device, amp=amp)
+        run = bench_task(name, values, size, batch, device, amp=amp, compile_mode=mode)
         conc = bench_concurrent(name, values, size, batch, device, folds, amp=amp,   # threads as the stages set them
-                                steps=10 if cuda else 3)
+                                steps=10 if cuda else 3, compile_mode=mode)
         conc["ceiling_at_summed_batch_images_per_s"] = bench_task(
             name, values, size, batch * folds, device, amp=amp, modes=("ceiling",))["ceiling_images_per_s"]
         conc["speedup"] = conc["images_per_s"] / run["pipeline_images_per_s"]
@@ -571,7 +580,7 @@ def main(argv=None) -> None:
                        "inference": bench_inference(name, values, size, max(batch, 64), device, amp=amp,
                                                     n_data=256 if cuda else 64),
                        "joint": bench_joint_step(name, values, size, batch, device, amp=amp),
-                       "search": bench_joint_step(name, values, size, SEARCH_BATCH, device, amp=amp)}
+                       "search": bench_joint_step(name, values, size, search_batch, device, amp=amp)}
     flops = {name: training_flops(name, values, size) for name, (values, _) in setups.items()}
     for r in runs:
         r["training_tflop_per_s"] = r["pipeline_images_per_s"] * flops[r["dataset"]] / 1e12
@@ -603,11 +612,12 @@ def main(argv=None) -> None:
     for name, d in determinism.items():
         print(f"{name}: deterministic: true costs {100 * d['deterministic_cost']:.0f} % of the training step "
               f"({d['deterministic_images_per_s']:.0f} vs {d['fast_images_per_s']:.0f} img/s)")
-    print(f"corruptions: {PAPER_TILES} paper tiles x {PAPER_PROTOCOL['views']} views x {PAPER_PROTOCOL['corruptions']} corruptions x "
-          f"{PAPER_PROTOCOL['severities']} severities at {PAPER_TILE} px: "
+    print(f"corruptions: {PAPER_TILES} paper tiles x {PAPER_PROTOCOL['views']} views x "
+          f"{PAPER_PROTOCOL['corruptions']} corruptions x {PAPER_PROTOCOL['severities']} severities at {PAPER_TILE} px: "
           f"{corr['paper_all_views_s']:.0f} s projected ({result['device']})")
-    print(f"render: {PAPER_PROTOCOL['views']} views at {PAPER_TILE} px: {render['torch_view_images_per_s']:.0f} view-images/s batched on "
-          f"{device.type} vs {render['reference_view_images_per_s_one_core']:.1f} reference on one core "
+    print(f"render: {PAPER_PROTOCOL['views']} views at {PAPER_TILE} px: "
+          f"{render['torch_view_images_per_s']:.0f} view-images/s batched on {device.type} vs "
+          f"{render['reference_view_images_per_s_one_core']:.1f} reference on one core "
           f"({render['speedup']:.1f}x); paper render {render['paper_render_s_torch']:.0f} s vs "
           f"{render['paper_render_s_reference_one_core']:.0f} s")
     for name, st in projection["datasets"].items():

@@ -92,7 +92,8 @@ def code_files(source: Path = SOURCE) -> list[str]:
                       if (not n.startswith(".") or n in (".gitignore", ".dvcignore")) and not n.endswith(".pyc")]
         return [f for f in files if not f.startswith(SKIP)]
     try:
-        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=source, capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=source,
+                             capture_output=True, text=True, check=True).stdout
         files = [f for f in out.split("\0") if f]
     except (OSError, subprocess.CalledProcessError):
         raise RawdriftError(f"{source}: not a git checkout (the demo copies the files git tracks)") from None
@@ -192,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", metavar="DIR", type=Path,
                         help="build the demo workspace in DIR (new or empty) instead of a temporary folder")
     parser.add_argument("-q", "--quiet", action="store_true", help="do not show dvc repro's output")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="the device param (default: the profile's cpu; auto: cuda when present)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"),
+                        help="the device param (default: the profile's cpu; auto: cuda when present)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="the precision param (default: the profile's fp32)")
     args = parser.parse_args(argv)
     device = args.device

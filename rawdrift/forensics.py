@@ -340,7 +340,7 @@ def forensics_sweep(load_model, cfg: TaskConfig, camera: Camera, raw: torch.Tens
             }
     return {"metric": METRIC[cfg.task], "folds": k_folds, "lambdas": lambdas, "groups": groups,
             "settings": {"epochs": settings.epochs, "lr": settings.lr, "batch_size": settings.batch_size,
-                         "regulariser": settings.regulariser, "search_tiles": search_tiles},
+                         "regulariser": settings.regulariser, "search_tiles": search_tiles, "max_batch": max_batch},
             "clean": _stats(clean), "initial": initial, "results": results}
 
 

@@ -126,7 +126,7 @@ def _joint_fold(mode: str, intensity: float, r: FoldResult) -> JointFold:
 def train_jointly(cfg: TaskConfig, mode: str, raw: torch.Tensor, targets: torch.Tensor, folds: np.ndarray,
                   camera: Camera, seed: int, device: torch.device, *, intensity: float = 1.0,
                   isp_lr: float = 0.01, eval_every: int = 1, amp: bool = False, progress: bool = True,
-                  desc: str = "optimize") -> list[JointFold]:
+                  desc: str = "optimize", compile_mode: str = "none") -> list[JointFold]:
     """Train the task model of every test fold together with the data model of ``mode``.
 
     :func:`rawdrift.training.train_setting` with :func:`joint_front`, evaluated every
@@ -144,20 +144,23 @@ def train_jointly(cfg: TaskConfig, mode: str, raw: torch.Tensor, targets: torch.
         isp_lr: Adam learning rate of the ISP's unconstrained parameters (``learned``).
         eval_every: optimisation steps between two validations (the last step is always validated).
         amp: bf16 autocast for the task model; the ISP always runs in float32.
+        compile_mode: how the task model's training step runs (the ``compile`` param; the ISP
+            stays eager), :func:`rawdrift.training.compiled`.
 
     Returns:
         one :class:`JointFold` per fold, in fold order.
     """
     _check_mode(mode)
     results = train_setting(cfg, raw, targets, folds, seed, device, front=joint_front(mode, camera, isp_lr),
-                            eval_every=eval_every, amp=amp, progress=progress, desc=desc)
+                            eval_every=eval_every, amp=amp, progress=progress, desc=desc, compile_mode=compile_mode)
     return [_joint_fold(mode, intensity, r) for r in results]
 
 
 def train_settings_concurrently(cfg: TaskConfig, settings: list[tuple[str, float, torch.Tensor]],
                                 targets: torch.Tensor, folds: np.ndarray, camera: Camera, seed: int,
                                 device: torch.device, *, isp_lr: float = 0.01, eval_every: int = 1,
-                                amp: bool = False, processes: int = 0, threads: int = 0) -> list[list[JointFold]]:
+                                amp: bool = False, processes: int = 0, threads: int = 0,
+                                compile_mode: str = "none") -> list[list[JointFold]]:
     """:func:`train_jointly` for several (mode, intensity, raw) settings, every fold of every
     setting a task for a pool of worker processes on the same device
     (:func:`rawdrift.training.train_settings_in_processes`).
@@ -165,7 +168,8 @@ def train_settings_concurrently(cfg: TaskConfig, settings: list[tuple[str, float
     Each fold sees exactly what it sees in :func:`train_jointly` (seeds ``seed * 1000 + k``), so
     the curves and the learned ISPs are the same; ``processes`` workers (0 = the number of
     folds) keep one GPU busy with small-batch trainings. ``threads``: intra-op threads per
-    worker (0 = torch's default, the lockstep loop's: identical sums on a CPU).
+    worker (0 = torch's default, the lockstep loop's: identical sums on a CPU). ``compile_mode``:
+    as in :func:`train_jointly`.
 
     Returns:
         per setting, in ``settings`` order, one :class:`JointFold` per fold in fold order.
@@ -174,7 +178,8 @@ def train_settings_concurrently(cfg: TaskConfig, settings: list[tuple[str, float
         _check_mode(mode)
     done = train_settings_in_processes(cfg, [(raw, joint_front(mode, camera, isp_lr)) for mode, _, raw in settings],
                                        targets, folds, seed, device, eval_every=eval_every, amp=amp,
-                                       processes=processes, threads=threads, keep_models=False)
+                                       processes=processes, threads=threads, keep_models=False,
+                                       compile_mode=compile_mode)
     return [[_joint_fold(mode, intensity, r) for r in results] for (mode, intensity, _), results in zip(settings, done)]
 
 

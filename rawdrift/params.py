@@ -156,14 +156,20 @@ def _percent(value: float) -> int:
     return round(value * 100)
 
 
-# --- seed, device, precision, deterministic -----------------------------------------------------------------------
-# Top-level scalars: ``seed`` here; ``device``, ``precision`` and ``deterministic`` are checked against
-# the machine by rawdrift.runtime.stage_platform, which a stage calls inside sourced().
+# --- seed, device, precision, deterministic, compile --------------------------------------------------------------
+# Top-level scalars: ``seed`` here; ``device``, ``precision``, ``deterministic`` and ``compile`` are checked
+# against the machine by rawdrift.runtime.stage_platform, which a stage calls inside sourced().
 
 def platform_values(params: dict, source: str = "params.yaml") -> tuple[Any, Any, Any]:
     """The ``device``, ``precision`` and ``deterministic`` params as written, for
     ``rawdrift.runtime.stage_platform`` (called inside :func:`sourced`), which checks them."""
     return get(params, "device", source), get(params, "precision", source), get(params, "deterministic", source)
+
+
+def compile_value(params: dict, source: str = "params.yaml") -> Any:
+    """The ``compile`` param as written, for the stages that train (train, optimize), which pass
+    it to ``rawdrift.runtime.stage_platform`` (called inside :func:`sourced`), which checks it."""
+    return get(params, "compile", source)
 
 
 def seed(params: dict, source: str = "params.yaml") -> int:
@@ -336,7 +342,8 @@ def corruption_params(params: dict, known: Collection[str], source: str = "param
 class ForensicsParams:
     """``forensics``: lambda (one value or a list, finite, >= 0, distinct; here largest first as
     ``lambdas``), parameters (searched groups, distinct; ``groups``), epochs, lr (> 0),
-    batch_size, search_tiles (0 = all), regulariser, tolerance (in [0, 1])."""
+    batch_size, search_tiles (0 = all), regulariser, tolerance (in [0, 1]), max_batch (tiles per
+    task-model pass, >= 1: ``max_batch // batch_size`` searches of a fold step together)."""
 
     lambdas: list[float]
     groups: list[str]
@@ -346,6 +353,7 @@ class ForensicsParams:
     search_tiles: int
     regulariser: str
     tolerance: float
+    max_batch: int
 
     @classmethod
     def parse(cls, values: Any, searches: Collection[str], regularisers: Collection[str]) -> "ForensicsParams":
@@ -359,7 +367,8 @@ class ForensicsParams:
                    batch_size=checks.integer("batch_size", f.get("batch_size"), 1),
                    search_tiles=checks.integer("search_tiles", f.get("search_tiles"), 0),
                    regulariser=checks.choice("regulariser", f.get("regulariser"), tuple(regularisers)),
-                   tolerance=checks.number("tolerance", f.get("tolerance"), 0, 1))
+                   tolerance=checks.number("tolerance", f.get("tolerance"), 0, 1),
+                   max_batch=checks.integer("max_batch", f.get("max_batch"), 1))
 
 
 def forensics_params(params: dict, searches: Collection[str], regularisers: Collection[str],

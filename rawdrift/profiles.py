@@ -91,7 +91,7 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
     from rawdrift.forensics import REGULARISERS, SEARCHES
     from rawdrift.isp.static import REFERENCE_VIEW, VIEWS
     from rawdrift.optimization import MODES
-    from rawdrift.runtime import DEVICES, PRECISIONS
+    from rawdrift.runtime import COMPILE_MODES, DEVICES, PRECISIONS
     from rawdrift.tasks import task_config
     out: dict[str, Any] = {"seed": P.seed(params, source=source), "data": {}, "train": {}, "optimize": {},
                            "views": P.views(params, VIEWS, (REFERENCE_VIEW,), source=source)}
@@ -100,6 +100,7 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
         out["device"] = checks.choice("device", device, tuple(d for d in DEVICES if d != "auto"))
         out["precision"] = checks.choice("precision", precision, PRECISIONS)
         out["deterministic"] = checks.flag("deterministic", deterministic)
+        out["compile"] = checks.choice("compile", P.compile_value(params, source), COMPILE_MODES)
     for dataset in P.DATASETS:
         out["data"][dataset] = P.data_params(params, dataset, source=source)
         out["train"][dataset] = P.task_params(params, dataset, task_config, source=source)

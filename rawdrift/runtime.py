@@ -29,6 +29,9 @@ from rawdrift.errors import ParamError
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+#: The ``compile`` param: how the task model's training step runs, eager (``none``) or through
+#: ``torch.compile`` in that mode (``reduce-overhead``: CUDA graphs on a GPU); train and optimize only.
+COMPILE_MODES = ("none", "default", "reduce-overhead")
 
 
 def resolve_device(name: str, allow_auto: bool = True) -> torch.device:
@@ -119,30 +122,34 @@ def configure_backends(device: torch.device, deterministic: bool, warn_only: boo
 @dataclass(frozen=True)
 class Platform:
     """What a stage computes on: the resolved ``device``, bf16 autocast (``amp``), the
-    ``deterministic`` policy and the backend flags :func:`configure_backends` set."""
+    ``deterministic`` policy, the backend flags :func:`configure_backends` set and how the
+    training step runs (``compile``, :data:`COMPILE_MODES`; ``none`` in a stage that trains nothing)."""
     device: torch.device
     amp: bool
     deterministic: bool
     backends: dict
+    compile: str = "none"
 
     def record(self) -> dict:
-        """JSON-ready: the device (and the GPU's name), precision, determinism, backend flags and
-        the versions of Python, torch and numpy. Every model and detailed metrics file keeps it."""
+        """JSON-ready: the device (and the GPU's name), precision, determinism, backend flags, the
+        compile mode and the versions of Python, torch and numpy. Every model and detailed metrics file keeps it."""
         import platform
 
         import numpy as np
 
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         return {"device": self.device.type, "device_name": name, "precision": "bf16" if self.amp else "fp32",
-                "deterministic": self.deterministic, "backends": dict(self.backends),
+                "deterministic": self.deterministic, "backends": dict(self.backends), "compile": self.compile,
                 "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
 
 
-def stage_platform(device: str, precision: str, deterministic: bool) -> Platform:
-    """The ``device``, ``precision`` and ``deterministic`` param values of a stage -> its
-    :class:`Platform`, with the CUDA backends configured (:func:`configure_backends`). ``device:
-    auto`` is refused (:func:`resolve_device`); errors are :class:`ParamError` naming the param."""
+def stage_platform(device: str, precision: str, deterministic: bool, compile: str = "none") -> Platform:
+    """The ``device``, ``precision`` and ``deterministic`` param values of a stage (and, for the
+    stages that train, ``compile``) -> its :class:`Platform`, with the CUDA backends configured
+    (:func:`configure_backends`). ``device: auto`` is refused (:func:`resolve_device`); errors are
+    :class:`ParamError` naming the param."""
     checks.flag("deterministic", deterministic)
+    checks.choice("compile", compile, COMPILE_MODES)
     dev = resolve_device(device, allow_auto=False)
     amp = resolve_precision(precision, dev)
-    return Platform(dev, amp, deterministic, configure_backends(dev, deterministic))
+    return Platform(dev, amp, deterministic, configure_backends(dev, deterministic), compile)

@@ -17,6 +17,9 @@ from the device-resident tensor and augments them on the device with the dihedra
 (flips and 90-degree rotations, the same transform on the mask; after the front, so a flip
 never changes a Bayer phase): no per-sample Python. Tensors are channels_last; bf16 autocast
 for the task model when ``amp`` (see :mod:`rawdrift.runtime`); a front always runs in float32.
+The training step's forward and backward can run through ``torch.compile`` (``compile_mode``,
+:data:`COMPILE_MODES`; ``reduce-overhead`` captures CUDA graphs on a GPU); the evaluation and the
+front stay eager. Adam is fused on CUDA.
 
 Evaluation schedule: at the end of every epoch (``eval_every=None``, the train stage), or
 every ``eval_every`` optimisation steps and after the last one (optimize). Evaluating never
@@ -36,6 +39,7 @@ from torch import nn
 from tqdm import tqdm
 
 from rawdrift.errors import RawdriftError
+from rawdrift.runtime import COMPILE_MODES
 from rawdrift.tasks import METRIC, TaskConfig, TaskModel, in_batches, loss_fn, predict, score
 
 
@@ -56,9 +60,27 @@ def dihedral_augment(x: torch.Tensor, y: torch.Tensor | None, generator: torch.G
 
 
 def channel_stats(views: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of (N, C, H, W) inputs in [0, 1] (the model's input normalisation)."""
-    v = views.double()
+    """Per-channel mean and std of (N, C, H, W) inputs in [0, 1] (the model's input normalisation),
+    in float64 on the inputs' device (contiguous first, so the sums run in the same order
+    whatever the inputs' memory format)."""
+    v = views.contiguous().double()
     return v.mean(dim=(0, 2, 3)).tolist(), v.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+
+
+def check_compile_mode(mode: str) -> str:
+    """``mode`` if it is one of :data:`COMPILE_MODES`, else a :class:`RawdriftError` naming them."""
+    if mode not in COMPILE_MODES:
+        raise RawdriftError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    return mode
+
+
+def compiled(net: nn.Module, mode: str) -> nn.Module:
+    """``net`` for the training step: itself for ``none``, else ``torch.compile(net, mode=mode)``
+    with static shapes (a fold's last, smaller batch compiles once more). The compiled module
+    shares ``net``'s parameters and buffers; ``reduce-overhead`` replays CUDA graphs on a GPU
+    (on a CPU it is ``default``). Compiled kernels fuse operations and round differently from
+    eager ones: results agree within float tolerance, not bit for bit."""
+    return net if check_compile_mode(mode) == "none" else torch.compile(net, mode=mode, dynamic=False)
 
 
 #: Training tiles whose statistics replace the BatchNorm running averages before each evaluation.
@@ -87,6 +109,12 @@ def recalibrate_batchnorm(model: torch.nn.Module, views: torch.Tensor, batch_siz
                 model(views[i:i + batch_size])
     for m, momentum in zip(bns, momenta):
         m.momentum = momentum
+
+
+def adam(groups, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam as the engine steps it: ``groups`` (parameters or parameter groups) with the fused
+    kernel on CUDA (one launch for every parameter), the default (foreach) kernel elsewhere."""
+    return torch.optim.Adam(groups, lr=lr, fused=device.type == "cuda")
 
 
 def optimisation_step(model: torch.nn.Module, opt: torch.optim.Optimizer, cfg: TaskConfig, xb: torch.Tensor,
@@ -191,6 +219,7 @@ class _Fold:
 
     k: int
     net: nn.Module
+    step_net: nn.Module
     front: nn.Module | None
     inputs: Callable[[torch.Tensor], torch.Tensor]
     opt: torch.optim.Optimizer
@@ -206,7 +235,8 @@ class _Fold:
     loss_count: int = 0
 
 
-def _check_setting(tiles: torch.Tensor, eval_every: int | None) -> None:
+def _check_setting(tiles: torch.Tensor, eval_every: int | None, compile_mode: str = "none") -> None:
+    check_compile_mode(compile_mode)
     if tiles.shape[-1] != tiles.shape[-2]:
         raise RawdriftError(f"tiles must be square for rotation augmentation, got {tuple(tiles.shape[-2:])}")
     if eval_every is not None and eval_every < 1:
@@ -234,9 +264,10 @@ def _on_device(tiles: torch.Tensor, targets: torch.Tensor, front: Front, device:
 
 
 def _new_fold(cfg: TaskConfig, s: _Setting, front: Front, folds: np.ndarray, k: int, seed: int,
-              device: torch.device) -> _Fold:
+              device: torch.device, compile_mode: str = "none") -> _Fold:
     """Fold ``k``'s task model (initialised under ``torch.manual_seed(seed * 1000 + k)``), front,
-    input statistics, optimiser, schedule, random stream and tile indices."""
+    input statistics (on the device), optimiser (fused Adam on CUDA), schedule, random stream,
+    tile indices and the module its training steps run (:func:`compiled`)."""
     train_idx = torch.as_tensor(np.flatnonzero(folds != k), device=device)
     test_idx = torch.as_tensor(np.flatnonzero(folds == k), device=device)
     torch.manual_seed(seed * 1000 + k)
@@ -253,23 +284,23 @@ def _new_fold(cfg: TaskConfig, s: _Setting, front: Front, folds: np.ndarray, k: 
         def inputs(idx: torch.Tensor) -> torch.Tensor:
             return module(s.x_all[idx]).contiguous(memory_format=torch.channels_last)
     if front.build is None:
-        mean, std = channel_stats(s.tiles[train_idx.cpu()])
+        mean, std = channel_stats(s.x_all[train_idx])
     else:
         with torch.no_grad():
-            mean, std = channel_stats(in_batches(inputs, train_idx).cpu())
+            mean, std = channel_stats(in_batches(inputs, train_idx))
     task.normalize.set_stats(mean, std)
     net = net.to(device, memory_format=torch.channels_last)
     groups = [{"params": list(task.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
     if front.learns:
         groups += front.optimiser_groups(module)
-    opt = torch.optim.Adam(groups, lr=cfg.lr)
+    opt = adam(groups, cfg.lr, device)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs) if cfg.schedule == "cosine"
              else None)
     gen = torch.Generator(device=device)
     gen.manual_seed(seed * 1000 + k)
     n = train_idx.numel()
     batches = [i for i in range(0, n, cfg.batch_size) if min(cfg.batch_size, n - i) >= 2]   # BatchNorm needs two
-    return _Fold(k, net, module, inputs, opt, sched, gen, train_idx, test_idx, batches,
+    return _Fold(k, net, compiled(net, compile_mode), module, inputs, opt, sched, gen, train_idx, test_idx, batches,
                  cfg.epochs * len(batches), FoldResult(task, fold=k))
 
 
@@ -299,7 +330,7 @@ def _train_epoch(f: _Fold, cfg: TaskConfig, y_all: torch.Tensor, eval_every: int
         f.net.train()
         idx = perm[i:i + cfg.batch_size]
         xb, yb = dihedral_augment(f.inputs(idx), y_all[idx], f.gen)
-        loss = optimisation_step(f.net, f.opt, cfg, xb, yb, amp=amp)
+        loss = optimisation_step(f.step_net, f.opt, cfg, xb, yb, amp=amp)
         f.step += 1
         # float64 on the device: the same IEEE sums as Python floats of the losses, without a
         # host sync per step
@@ -323,7 +354,7 @@ def _finish(f: _Fold, front: Front) -> FoldResult:
 def train_setting(cfg: TaskConfig, tiles: torch.Tensor, targets: torch.Tensor, folds: np.ndarray, seed: int,
                   device: torch.device, *, front: Front = IDENTITY, eval_every: int | None = None,
                   amp: bool = False, on_epoch: Callable[[int, list[FoldResult]], None] | None = None,
-                  progress: bool = True, desc: str = "train") -> list[FoldResult]:
+                  progress: bool = True, desc: str = "train", compile_mode: str = "none") -> list[FoldResult]:
     """Train one task model per test fold on the other folds' tiles of one setting, in lockstep.
 
     Args:
@@ -340,14 +371,15 @@ def train_setting(cfg: TaskConfig, tiles: torch.Tensor, targets: torch.Tensor, f
         amp: bf16 autocast for the task model.
         on_epoch: called after every epoch of all folds with the epoch index (from 0) and the
             results so far (e.g. to log the curves).
+        compile_mode: how the training step runs (:data:`COMPILE_MODES`, :func:`compiled`).
 
     Returns:
         one :class:`FoldResult` per fold, in fold order.
     """
-    _check_setting(tiles, eval_every)
+    _check_setting(tiles, eval_every, compile_mode)
     s = _on_device(tiles, targets, front, device)
     k_folds = int(folds.max()) + 1
-    states = [_new_fold(cfg, s, front, folds, k, seed, device) for k in range(k_folds)]
+    states = [_new_fold(cfg, s, front, folds, k, seed, device, compile_mode) for k in range(k_folds)]
     bar = tqdm(total=cfg.epochs * k_folds, desc=desc, unit="fold-epoch", disable=None if progress else True,
                leave=False)
     for epoch in range(cfg.epochs):
@@ -362,7 +394,7 @@ def train_setting(cfg: TaskConfig, tiles: torch.Tensor, targets: torch.Tensor, f
 
 def _fold_worker(cfg: TaskConfig, tiles: torch.Tensor, targets: torch.Tensor, folds: np.ndarray, k: int, seed: int,
                  device: str, front: Front, eval_every: int | None, amp: bool, threads: int,
-                 keep_model: bool, deterministic: bool) -> tuple[dict | None, FoldResult]:
+                 keep_model: bool, deterministic: bool, compile_mode: str) -> tuple[dict | None, FoldResult]:
     """Fold ``k`` of one setting alone, in a worker process: the task model's weights on the
     CPU (None unless ``keep_model``) and its result without the model. The worker takes the
     parent's backend policy (``deterministic``, :func:`rawdrift.runtime.configure_backends`)."""
@@ -373,7 +405,7 @@ def _fold_worker(cfg: TaskConfig, tiles: torch.Tensor, targets: torch.Tensor, fo
     dev = torch.device(device)
     configure_backends(dev, deterministic)
     s = _on_device(tiles, targets, front, dev)
-    f = _new_fold(cfg, s, front, folds, k, seed, dev)
+    f = _new_fold(cfg, s, front, folds, k, seed, dev, compile_mode)
     for _ in range(cfg.epochs):
         _train_epoch(f, cfg, s.y_all, eval_every, amp)
     result = _finish(f, front)
@@ -396,7 +428,8 @@ def _with_model(cfg: TaskConfig, front: Front, state: dict | None, result: FoldR
 def train_settings_in_processes(cfg: TaskConfig, settings: Sequence[tuple[torch.Tensor, Front]],
                                 targets: torch.Tensor, folds: np.ndarray, seed: int, device: torch.device, *,
                                 eval_every: int | None = None, amp: bool = False, processes: int = 0,
-                                threads: int = 0, keep_models: bool = True) -> list[list[FoldResult]]:
+                                threads: int = 0, keep_models: bool = True,
+                                compile_mode: str = "none") -> list[list[FoldResult]]:
     """:func:`train_setting` for several (tiles, front) settings, every fold of every setting a
     task for a pool of ``processes`` worker processes on the same device (0 = the number of folds).
 
@@ -406,14 +439,15 @@ def train_settings_in_processes(cfg: TaskConfig, settings: Sequence[tuple[torch.
     ``threads``: intra-op threads per worker (0 = torch's default: identical sums on a CPU
     only where the lockstep loop has as many). The tiles and targets are moved to shared memory
     (tiles that a front converts to float32 are copied first). ``keep_models=False`` leaves
-    every result's ``model`` None and sends no weights back.
+    every result's ``model`` None and sends no weights back. ``compile_mode``: as in
+    :func:`train_setting`, compiled in every worker.
 
     Returns:
         per setting, in ``settings`` order, one :class:`FoldResult` per fold in fold order.
     """
     import torch.multiprocessing as tmp
     for tiles, _ in settings:
-        _check_setting(tiles, eval_every)
+        _check_setting(tiles, eval_every, compile_mode)
     k_folds = int(folds.max()) + 1
     targets = targets.share_memory_()
     shared: dict[tuple[int, bool], torch.Tensor] = {}
@@ -422,7 +456,7 @@ def train_settings_in_processes(cfg: TaskConfig, settings: Sequence[tuple[torch.
         if key not in shared:
             shared[key] = _front_tiles(tiles, front).share_memory_()
     jobs = [(cfg, shared[(id(tiles), front.build is None)], targets, folds, k, seed, str(device), front, eval_every,
-             amp, threads, keep_models, torch.are_deterministic_algorithms_enabled())
+             amp, threads, keep_models, torch.are_deterministic_algorithms_enabled(), compile_mode)
             for tiles, front in settings for k in range(k_folds)]
     with tmp.get_context("spawn").Pool(processes or k_folds) as pool:
         done = pool.starmap(_fold_worker, jobs, chunksize=1)
@@ -441,7 +475,7 @@ def _log_epoch(live, results: list[FoldResult], epoch: int, metric: str) -> None
 
 def train_folds(cfg: TaskConfig, views: torch.Tensor, targets: torch.Tensor, folds: np.ndarray, seed: int,
                 device: torch.device, live=None, progress: bool = True, desc: str = "train",
-                amp: bool | None = None) -> list[FoldResult]:
+                amp: bool | None = None, compile_mode: str = "none") -> list[FoldResult]:
     """Train one model per test fold on the other folds' tiles of one view (the train stage).
 
     :func:`train_setting` with the identity front, evaluated at the end of every epoch.
@@ -454,6 +488,7 @@ def train_folds(cfg: TaskConfig, views: torch.Tensor, targets: torch.Tensor, fol
         seed: base seed; fold k uses ``seed * 1000 + k``.
         device: where to train.
         amp: bf16 autocast; None -> on CUDA only (the ``precision`` param resolves it in stages).
+        compile_mode: how the training step runs (:data:`COMPILE_MODES`; the ``compile`` param).
         live: optional dvclive ``Live``: logs ``fold<k>/train_loss``, ``fold<k>/val_<metric>``
             and their means over folds, one step per epoch.
 
@@ -465,12 +500,12 @@ def train_folds(cfg: TaskConfig, views: torch.Tensor, targets: torch.Tensor, fol
     def log(epoch: int, results: list[FoldResult]) -> None:
         _log_epoch(live, results, epoch, METRIC[cfg.task])
     return train_setting(cfg, views, targets, folds, seed, device, amp=amp, on_epoch=log if live is not None else None,
-                         progress=progress, desc=desc)
+                         progress=progress, desc=desc, compile_mode=compile_mode)
 
 
 def train_folds_concurrently(cfg: TaskConfig, views: torch.Tensor, targets: torch.Tensor, folds: np.ndarray,
                              seed: int, device: torch.device, live=None, amp: bool | None = None,
-                             threads: int = 0) -> list[FoldResult]:
+                             threads: int = 0, compile_mode: str = "none") -> list[FoldResult]:
     """:func:`train_folds` with every fold in its own process on the same device
     (:func:`train_settings_in_processes`): the same models and curves. ``threads``: intra-op
     threads per process (0 = torch's default). The curves are logged to ``live`` after all
@@ -478,7 +513,7 @@ def train_folds_concurrently(cfg: TaskConfig, views: torch.Tensor, targets: torc
     """
     amp = device.type == "cuda" if amp is None else amp
     results = train_settings_in_processes(cfg, [(views, IDENTITY)], targets, folds, seed, device, amp=amp,
-                                          threads=threads)[0]
+                                          threads=threads, compile_mode=compile_mode)[0]
     if live is not None:
         for epoch in range(cfg.epochs):
             _log_epoch(live, results, epoch, METRIC[cfg.task])

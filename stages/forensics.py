@@ -51,7 +51,8 @@ def main(argv: list[str]) -> str:
                               regulariser=fp.regulariser)
     torch.manual_seed(seed)
     result = forensics_sweep(lambda k: load_fold_model(model_dir, k, device), cfg, ds.camera, raw, targets, ds.folds,
-                             fp.lambdas, fp.groups, settings, search_tiles=fp.search_tiles, seed=seed, amp=amp)
+                             fp.lambdas, fp.groups, settings, search_tiles=fp.search_tiles, seed=seed, amp=amp,
+                             max_batch=fp.max_batch)
     signature = forensic_signature(result, fp.tolerance)
     out = Path("metrics/forensics")
     write_json(out / f"{dataset}.json", result | {"platform": platform.record()})

@@ -42,7 +42,7 @@ def main(argv: list[str]) -> str:
     cfg = with_epochs(P.task_params(params, dataset, task_config), op.epochs)
     seed = P.seed(params)
     with P.sourced():             # the values are checked there; params.yaml is where they came from
-        platform = stage_platform(*P.platform_values(params))
+        platform = stage_platform(*P.platform_values(params), compile=P.compile_value(params))
     device, amp = platform.device, platform.amp
     concurrent = P.concurrent_folds(device)
     ds = load_raw_dataset(Path("data/raw") / dataset)
@@ -57,11 +57,13 @@ def main(argv: list[str]) -> str:
     names = [setting_name(mode, i) for mode, i, _ in settings]
     if concurrent:
         done = train_settings_concurrently(cfg, settings, targets, ds.folds, ds.camera, seed, device,
-                                           isp_lr=op.isp_lr, eval_every=op.eval_every, amp=amp)
+                                           isp_lr=op.isp_lr, eval_every=op.eval_every, amp=amp,
+                                           compile_mode=platform.compile)
     else:
         done = [train_jointly(cfg, mode, raw, targets, ds.folds, ds.camera, seed, device, intensity=i,
                               isp_lr=op.isp_lr, eval_every=op.eval_every, amp=amp,
-                              desc=f"optimize {dataset} {name}") for (mode, i, raw), name in zip(settings, names)]
+                              desc=f"optimize {dataset} {name}", compile_mode=platform.compile)
+                for (mode, i, raw), name in zip(settings, names)]
     results = dict(zip(names, done))
     summary = optimization_summary(results, METRIC[cfg.task])
     summary.update(dataset=dataset, epochs=cfg.epochs, eval_every=op.eval_every, isp_lr=op.isp_lr)

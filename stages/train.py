@@ -35,7 +35,7 @@ def main(argv: list[str]) -> str:
     cfg = P.train_config(params, dataset, view, task_config)
     seed = P.seed(params)
     with P.sourced():             # the values are checked there; params.yaml is where they came from
-        platform = stage_platform(*P.platform_values(params))
+        platform = stage_platform(*P.platform_values(params), compile=P.compile_value(params))
     device, amp = platform.device, platform.amp
     concurrent = P.concurrent_folds(device)
     torch.manual_seed(seed)
@@ -46,10 +46,11 @@ def main(argv: list[str]) -> str:
     live_dir = Path("plots/train") / dataset / view
     with Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
         if concurrent:
-            results = train_folds_concurrently(cfg, views, targets, ds.folds, seed, device, live=live, amp=amp)
+            results = train_folds_concurrently(cfg, views, targets, ds.folds, seed, device, live=live, amp=amp,
+                                               compile_mode=platform.compile)
         else:
             results = train_folds(cfg, views, targets, ds.folds, seed, device, live=live,
-                                  desc=f"train {dataset}-{view}", amp=amp)
+                                  desc=f"train {dataset}-{view}", amp=amp, compile_mode=platform.compile)
     save_fold_models(Path("models") / dataset / view, cfg, [r.model for r in results],
                      info={"dataset": dataset, "view": view, "seed": seed, "platform": platform.record()})
     metric = METRIC[cfg.task]

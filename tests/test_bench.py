@@ -23,9 +23,20 @@ def test_bench_measures_both_paths_on_cpu():
                    steps=1)
     assert r["ceiling_images_per_s"] > 0 and r["pipeline_images_per_s"] > 0
     assert r["ratio"] == pytest.approx(r["pipeline_images_per_s"] / r["ceiling_images_per_s"])
+    assert r["compile"] == "none"
     only = bench_task("microscopy", {"classes": 3}, size=16, batch=4, device=CPU, n_data=16, warmup=1, windows=1,
                       steps=1, modes=("ceiling",))
     assert "pipeline_images_per_s" not in only and "ratio" not in only
+
+
+def test_protocol_carries_the_profiles_execution_settings():
+    """The projection measures the training steps in the profile's ``compile`` mode and the
+    forensics searches at its ``forensics.max_batch``: both read from the profile over params.yaml."""
+    import yaml
+    paper = yaml.safe_load((ROOT / "profiles/paper.yaml").read_text())
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert PAPER_PROTOCOL["forensics"]["max_batch"] == paper["forensics"]["max_batch"]
+    assert PAPER_PROTOCOL["compile"] == paper.get("compile", base["compile"])
 
 
 def test_training_flops_grow_with_the_pixel_count():

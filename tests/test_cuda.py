@@ -404,6 +404,22 @@ def test_concurrent_folds_on_cuda(workspaces, tmp_path):
         p.name for p in (workspaces["cuda"] / "models/microscopy/bi_s_ga").iterdir())
 
 
+@requires_cuda
+@pytest.mark.parametrize("dataset", ["microscopy", "drone"])
+def test_compiled_training_step_on_cuda_agrees_with_eager(workspaces, tmp_path, dataset):
+    """``compile: reduce-overhead`` (torch.compile with CUDA graphs) on the train stage: models
+    as good as the eager step's on the same device, and the mode recorded."""
+    wd = tmp_path / "compiled"
+    shutil.copytree(workspaces["cuda"] / "data", wd / "data")
+    (wd / "params.yaml").write_text(yaml.safe_dump(dict(_params("cuda"), compile="reduce-overhead")))
+    view = TRAIN_VIEWS[0]
+    assert " on cuda" in _stage(wd, "train.py", dataset, view)
+    rel = f"metrics/train/{dataset}/{view}.json"
+    compiled, eager = _json(wd, rel), _json(workspaces["cuda"], rel)
+    assert compiled["platform"]["compile"] == "reduce-overhead" and eager["platform"]["compile"] == "none"
+    assert_within_fold_spread(eager["per_fold"], compiled["per_fold"], f"compiled {rel}")
+
+
 # ---------------------------------------------------------------------------------------------
 # make gpu-check without a GPU
 

@@ -72,10 +72,11 @@ def check_forensics(params: dict) -> dict:
     ({"regulariser": "l1"}, "forensics.regulariser: must be one of l2, ssim, got 'l1'"),
     ({"tolerance": 2}, "forensics.tolerance: must be a number in [0, 1], got 2"),
     ({"epochs": 0}, "forensics.epochs: must be an integer >= 1, got 0"),
+    ({"max_batch": 0}, "forensics.max_batch: must be an integer >= 1, got 0"),
 ])
 def test_forensics_params_reject_out_of_range_values(patch, msg):
     base = {"lambda": [1.0, 1e-3], "parameters": ["all", "gamma"], "epochs": 20, "lr": 0.01, "batch_size": 16,
-            "search_tiles": 0, "regulariser": "l2", "tolerance": 0.05}
+            "search_tiles": 0, "regulariser": "l2", "tolerance": 0.05, "max_batch": 64}
     assert check_forensics({"forensics": base}).lambdas == [1.0, 1e-3]
     assert check_forensics({"forensics": {**base, "lambda": 1e-3}}).lambdas == [1e-3]   # -S forensics.lambda=1e-3
     with pytest.raises(RawdriftError) as e:

@@ -29,13 +29,17 @@ def test_auto_device_is_for_command_lines_not_stages():
     with pytest.raises(ParamError) as e:
         stage_platform("cpu", "fp32", 1)
     assert str(e.value) == "deterministic: must be true or false, got 1"
+    with pytest.raises(ParamError) as e:
+        stage_platform("cpu", "fp32", True, compile="max")
+    assert str(e.value) == "compile: must be one of none, default, reduce-overhead, got 'max'"
 
 
 def test_stage_platform_on_the_cpu_records_what_it_ran_on():
     p = stage_platform("cpu", "fp32", True)
     assert p.device == torch.device("cpu") and p.amp is False and p.backends == {}
     assert p.record() == {"device": "cpu", "device_name": "cpu", "precision": "fp32", "deterministic": True,
-                          "backends": {}, "python": platform.python_version(), "torch": torch.__version__,
-                          "numpy": np.__version__}
+                          "backends": {}, "compile": "none", "python": platform.python_version(),
+                          "torch": torch.__version__, "numpy": np.__version__}
+    assert stage_platform("cpu", "fp32", True, compile="reduce-overhead").record()["compile"] == "reduce-overhead"
     assert stage_platform("cpu", "bf16", False).record()["precision"] == "bf16"
     assert stage_platform("cpu", "auto", False).amp == native_bf16(torch.device("cpu"))

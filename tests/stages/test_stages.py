@@ -22,7 +22,8 @@ from rawdrift.runtime import native_bf16
 from rawdrift.sensor import intensity_name
 from rawdrift.sources.store import load_raw_dataset, load_view
 
-SMALL = {"seed": 1, "device": "cpu", "precision": "auto", "deterministic": True, "views": list(VIEWS),
+SMALL = {"seed": 1, "device": "cpu", "precision": "auto", "deterministic": True, "compile": "none",
+         "views": list(VIEWS),
          "data": {"source": "synthetic", "folds": 3, "intensities": [0.1, 1.0],
                   "microscopy": {"count": 18, "tile": 32}, "drone": {"count": 6, "tile": 32}}}
 
@@ -340,7 +341,8 @@ def test_summary_stage_compares_view_drift_with_corruptions(fetched, tmp_path):
 
 
 FORENSICS = {"forensics": {"lambda": [100.0, 0.0], "parameters": ["all", "gamma"], "epochs": 2, "lr": 0.05,
-                           "batch_size": 4, "search_tiles": 0, "regulariser": "l2", "tolerance": 0.05}}
+                           "batch_size": 4, "search_tiles": 0, "regulariser": "l2", "tolerance": 0.05,
+                           "max_batch": 8}}        # two searches of four tiles per pass
 
 
 def test_forensics_stage_writes_sweep_signature_and_figures(fetched, tmp_path):
@@ -353,6 +355,7 @@ def test_forensics_stage_writes_sweep_signature_and_figures(fetched, tmp_path):
     assert r.stdout.startswith("forensics@microscopy: 2 groups x 2 lambdas x 3 folds")
     sweep = json.loads((wd / "metrics/forensics/microscopy.json").read_text())
     assert sweep["metric"] == "accuracy" and sweep["lambdas"] == [100.0, 0.0] and sweep["groups"] == ["all", "gamma"]
+    assert sweep["settings"]["max_batch"] == 8
     for g in ("all", "gamma"):
         for key in ("1e+02", "0.0"):
             e = sweep["results"][g][key]
@@ -473,9 +476,9 @@ def test_train_stage_with_concurrent_folds_writes_the_same_models(fetched, tmp_p
                       (wd / "models/microscopy/bi_s_ga/fold1.safetensors").read_bytes())
     assert runs["0"] == runs["1"]
     record = runs["0"][0]["platform"]         # what the run computed on, in the metrics and the models
-    assert {k: record[k] for k in ("device", "precision", "deterministic", "backends")} == {
+    assert {k: record[k] for k in ("device", "precision", "deterministic", "backends", "compile")} == {
         "device": "cpu", "precision": "bf16" if native_bf16(torch.device("cpu")) else "fp32",   # SMALL: auto
-        "deterministic": True, "backends": {}}
+        "deterministic": True, "backends": {}, "compile": "none"}
     assert record["torch"] == torch.__version__ and record["numpy"] == np.__version__
     assert json.loads((wd / "models/microscopy/bi_s_ga/model.json").read_text())["platform"] == record
     r = subprocess.run([sys.executable, str(ROOT / "stages/train.py"), "microscopy", "bi_s_ga"], cwd=wd,
