@@ -43,7 +43,7 @@ from rawdrift.corruptions import CORRUPTIONS, corrupt
 from rawdrift.errors import ParamError
 from rawdrift.runtime import CUBLAS_WORKSPACE, configure_backends, resolve_device, resolve_precision
 from rawdrift.tasks import TaskModel, loss_fn, predict, task_config
-from rawdrift.training import BN_TILES, adam, compiled, dihedral_augment, optimisation_step
+from rawdrift.training import BN_TILES, adam, compiled, dihedral_augment, evaluated_epochs, optimisation_step
 
 def protocol(profile: str = "paper") -> dict:
     """The counts :func:`project_paper` needs, from ``params.yaml`` with ``profiles/<profile>.yaml``
@@ -51,7 +51,7 @@ def protocol(profile: str = "paper") -> dict:
     views, folds; per dataset the tiles, tile side, train batch and epochs, optimize epochs and
     eval_every, and the task model (``train.<dataset>``); corruptions x severities; forensics
     groups x lambdas x epochs and tiles per pass (``max_batch``); optimize modes x intensities;
-    the ``compile`` mode of the training steps."""
+    the ``compile`` mode of the training steps; the train stage's ``eval_every_epochs``."""
     from rawdrift.profiles import resolve, validate
     sections = validate(resolve(profile))
     data, train, opt = sections["data"], sections["train"], sections["optimize"]
@@ -59,6 +59,7 @@ def protocol(profile: str = "paper") -> dict:
     fo = sections["forensics"]
     return {
         "profile": profile, "views": len(sections["views"]), "folds": first.folds, "compile": sections["compile"],
+        "eval_every_epochs": sections["train_eval_every_epochs"],
         "datasets": {d: {"tiles": data[d].count, "tile": data[d].tile, "batch": train[d].batch_size,
                          "epochs": train[d].epochs, "optimize_epochs": opt[d].epochs, "eval_every": opt[d].eval_every,
                          "task": {k: v for k, v in train[d].to_dict().items() if k not in ("task", "extra")}}
@@ -316,7 +317,9 @@ def project_paper(rates: dict, render_view_images_per_s: float, corruption_s_per
 
     Image counts per dataset (N tiles, F folds, E epochs (optimize: its own), V views, B batch,
     BN = BN_TILES):
-    train V E (F-1) N training images and V E (N + F BN) evaluated; crosseval V V N;
+    train V E (F-1) N training images and V E' (N + F BN) evaluated, E' the evaluated epochs
+    (every ``eval_every_epochs``-th and the last; a protocol without the key evaluates every
+    epoch); crosseval V V N;
     corruptions V N corrupted and V N x corruptions x severities evaluated; forensics
     groups x lambdas x epochs x (F-1) N search steps and groups x lambdas x N evaluated;
     optimize intensities x E (F-1) N images for each mode (learned at the joint rate, frozen
@@ -342,7 +345,8 @@ def project_paper(rates: dict, render_view_images_per_s: float, corruption_s_per
         search = r.get("search", r["joint"]) * k
         conc = r.get("train_concurrent", r["train"]) * k
         n, b = d["tiles"], d["batch"]
-        train_imgs, train_evals = V * E * (F - 1) * n, V * E * (n + F * BN_TILES)
+        E_eval = len(evaluated_epochs(E, protocol.get("eval_every_epochs", 1)))
+        train_imgs, train_evals = V * E * (F - 1) * n, V * E_eval * (n + F * BN_TILES)
         fold_train = (F - 1) * n / F
         opt_steps = E_opt * -(-int(fold_train) // b)
         opt_evals = op["intensities"] * op["modes"] * F * -(-opt_steps // d["eval_every"]) * (BN_TILES + n / F)

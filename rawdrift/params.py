@@ -290,6 +290,13 @@ def task_params(params: dict, dataset: str, task_config: Callable[[str, dict], A
                    source=source)
 
 
+def train_eval_epochs(params: dict, source: str = "params.yaml") -> int:
+    """``train.eval_every_epochs``: epochs between two held-out evaluations of the train stage
+    (an integer >= 1; the last epoch is always evaluated)."""
+    with sourced("", source):
+        return checks.integer("train.eval_every_epochs", get(params, "train.eval_every_epochs", source), 1)
+
+
 def train_config(params: dict, dataset: str, view: str, task_config: Callable[[str, dict], Any]):
     """``train.<dataset>`` with the per-view overrides ``train.views.<dataset>-<view>`` applied,
     built by ``task_config`` (:func:`rawdrift.tasks.task_config`); errors name the override

@@ -105,6 +105,7 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
         out["data"][dataset] = P.data_params(params, dataset, source=source)
         out["train"][dataset] = P.task_params(params, dataset, task_config, source=source)
         out["optimize"][dataset] = P.optimize_params(params, dataset, MODES, source=source)
+    out["train_eval_every_epochs"] = P.train_eval_epochs(params, source=source)
     out["corruptions"] = P.corruption_params(params, CORRUPTIONS, source=source)
     out["forensics"] = P.forensics_params(params, SEARCHES, REGULARISERS, source=source)
     return out

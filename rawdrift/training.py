@@ -21,8 +21,9 @@ The training step's forward and backward can run through ``torch.compile`` (``co
 :data:`COMPILE_MODES`; ``reduce-overhead`` captures CUDA graphs on a GPU); the evaluation and the
 front stay eager. Adam is fused on CUDA.
 
-Evaluation schedule: at the end of every epoch (``eval_every=None``, the train stage), or
-every ``eval_every`` optimisation steps and after the last one (optimize). Evaluating never
+Evaluation schedule: at the end of every ``eval_epochs``-th epoch and of the last one
+(``eval_every=None``, the train stage; the paper evaluates every epoch), or every
+``eval_every`` optimisation steps and after the last one (optimize). Evaluating never
 changes the training itself: it only reads the weights and replaces the BatchNorm buffers,
 which training mode does not use.
 """
@@ -231,16 +232,26 @@ class _Fold:
     total_steps: int
     result: FoldResult
     step: int = 0
+    epoch: int = 0
     loss_sum: float | torch.Tensor = 0.0     # float64 on the device between evaluations: no per-step sync
     loss_count: int = 0
 
 
-def _check_setting(tiles: torch.Tensor, eval_every: int | None, compile_mode: str = "none") -> None:
+def _check_setting(tiles: torch.Tensor, eval_every: int | None, compile_mode: str = "none",
+                   eval_epochs: int = 1) -> None:
     check_compile_mode(compile_mode)
     if tiles.shape[-1] != tiles.shape[-2]:
         raise RawdriftError(f"tiles must be square for rotation augmentation, got {tuple(tiles.shape[-2:])}")
     if eval_every is not None and eval_every < 1:
         raise RawdriftError(f"eval_every must be >= 1, got {eval_every}")
+    if eval_epochs < 1:
+        raise RawdriftError(f"eval_epochs must be >= 1, got {eval_epochs}")
+
+
+def evaluated_epochs(epochs: int, eval_epochs: int = 1) -> list[int]:
+    """The epochs (from 0) after which an epoch-scheduled run evaluates: every ``eval_epochs``-th
+    and the last, e.g. ``evaluated_epochs(5, 2) == [1, 3, 4]``."""
+    return [e for e in range(epochs) if (e + 1) % eval_epochs == 0 or e == epochs - 1]
 
 
 def _front_tiles(tiles: torch.Tensor, front: Front) -> torch.Tensor:
@@ -322,9 +333,11 @@ def _evaluate(f: _Fold, cfg: TaskConfig, y_all: torch.Tensor, amp: bool) -> None
     f.loss_sum, f.loss_count = 0.0, 0
 
 
-def _train_epoch(f: _Fold, cfg: TaskConfig, y_all: torch.Tensor, eval_every: int | None, amp: bool) -> None:
+def _train_epoch(f: _Fold, cfg: TaskConfig, y_all: torch.Tensor, eval_every: int | None, amp: bool,
+                 eval_epochs: int = 1) -> None:
     """One epoch of fold ``f``: shuffled batches through the front, dihedral augmentation, Adam
-    steps; evaluations as ``eval_every`` says (None: once, after the epoch)."""
+    steps; evaluations as ``eval_every`` says (None: after the epoch, if it is one of
+    :func:`evaluated_epochs`)."""
     perm = f.train_idx[torch.randperm(f.train_idx.numel(), generator=f.gen, device=f.train_idx.device)]
     for i in f.batches:
         f.net.train()
@@ -340,7 +353,8 @@ def _train_epoch(f: _Fold, cfg: TaskConfig, y_all: torch.Tensor, eval_every: int
             _evaluate(f, cfg, y_all, amp)
     if f.sched is not None:
         f.sched.step()
-    if eval_every is None:
+    f.epoch += 1
+    if eval_every is None and (f.epoch % eval_epochs == 0 or f.epoch == cfg.epochs):
         _evaluate(f, cfg, y_all, amp)
 
 
@@ -354,7 +368,8 @@ def _finish(f: _Fold, front: Front) -> FoldResult:
 def train_setting(cfg: TaskConfig, tiles: torch.Tensor, targets: torch.Tensor, folds: np.ndarray, seed: int,
                   device: torch.device, *, front: Front = IDENTITY, eval_every: int | None = None,
                   amp: bool = False, on_epoch: Callable[[int, list[FoldResult]], None] | None = None,
-                  progress: bool = True, desc: str = "train", compile_mode: str = "none") -> list[FoldResult]:
+                  progress: bool = True, desc: str = "train", compile_mode: str = "none",
+                  eval_epochs: int = 1) -> list[FoldResult]:
     """Train one task model per test fold on the other folds' tiles of one setting, in lockstep.
 
     Args:
@@ -367,7 +382,9 @@ def train_setting(cfg: TaskConfig, tiles: torch.Tensor, targets: torch.Tensor, f
         device: where to train.
         front: what turns the tiles into the task model's input (:class:`Front`).
         eval_every: optimisation steps between two evaluations (the last step is always
-            evaluated); None: at the end of every epoch.
+            evaluated); None: at the end of the epochs :func:`evaluated_epochs` names.
+        eval_epochs: with ``eval_every=None``, epochs between two evaluations (the last epoch
+            is always evaluated).
         amp: bf16 autocast for the task model.
         on_epoch: called after every epoch of all folds with the epoch index (from 0) and the
             results so far (e.g. to log the curves).
@@ -376,7 +393,7 @@ def train_setting(cfg: TaskConfig, tiles: torch.Tensor, targets: torch.Tensor, f
     Returns:
         one :class:`FoldResult` per fold, in fold order.
     """
-    _check_setting(tiles, eval_every, compile_mode)
+    _check_setting(tiles, eval_every, compile_mode, eval_epochs)
     s = _on_device(tiles, targets, front, device)
     k_folds = int(folds.max()) + 1
     states = [_new_fold(cfg, s, front, folds, k, seed, device, compile_mode) for k in range(k_folds)]
@@ -384,7 +401,7 @@ def train_setting(cfg: TaskConfig, tiles: torch.Tensor, targets: torch.Tensor, f
                leave=False)
     for epoch in range(cfg.epochs):
         for f in states:
-            _train_epoch(f, cfg, s.y_all, eval_every, amp)
+            _train_epoch(f, cfg, s.y_all, eval_every, amp, eval_epochs)
             bar.update()
         if on_epoch is not None:
             on_epoch(epoch, [f.result for f in states])
@@ -394,7 +411,8 @@ def train_setting(cfg: TaskConfig, tiles: torch.Tensor, targets: torch.Tensor, f
 
 def _fold_worker(cfg: TaskConfig, tiles: torch.Tensor, targets: torch.Tensor, folds: np.ndarray, k: int, seed: int,
                  device: str, front: Front, eval_every: int | None, amp: bool, threads: int,
-                 keep_model: bool, deterministic: bool, compile_mode: str) -> tuple[dict | None, FoldResult]:
+                 keep_model: bool, deterministic: bool, compile_mode: str,
+                 eval_epochs: int) -> tuple[dict | None, FoldResult]:
     """Fold ``k`` of one setting alone, in a worker process: the task model's weights on the
     CPU (None unless ``keep_model``) and its result without the model. The worker takes the
     parent's backend policy (``deterministic``, :func:`rawdrift.runtime.configure_backends`)."""
@@ -407,7 +425,7 @@ def _fold_worker(cfg: TaskConfig, tiles: torch.Tensor, targets: torch.Tensor, fo
     s = _on_device(tiles, targets, front, dev)
     f = _new_fold(cfg, s, front, folds, k, seed, dev, compile_mode)
     for _ in range(cfg.epochs):
-        _train_epoch(f, cfg, s.y_all, eval_every, amp)
+        _train_epoch(f, cfg, s.y_all, eval_every, amp, eval_epochs)
     result = _finish(f, front)
     state = {n: t.detach().cpu() for n, t in result.model.state_dict().items()} if keep_model else None
     result.model = None
@@ -429,7 +447,7 @@ def train_settings_in_processes(cfg: TaskConfig, settings: Sequence[tuple[torch.
                                 targets: torch.Tensor, folds: np.ndarray, seed: int, device: torch.device, *,
                                 eval_every: int | None = None, amp: bool = False, processes: int = 0,
                                 threads: int = 0, keep_models: bool = True,
-                                compile_mode: str = "none") -> list[list[FoldResult]]:
+                                compile_mode: str = "none", eval_epochs: int = 1) -> list[list[FoldResult]]:
     """:func:`train_setting` for several (tiles, front) settings, every fold of every setting a
     task for a pool of ``processes`` worker processes on the same device (0 = the number of folds).
 
@@ -439,15 +457,15 @@ def train_settings_in_processes(cfg: TaskConfig, settings: Sequence[tuple[torch.
     ``threads``: intra-op threads per worker (0 = torch's default: identical sums on a CPU
     only where the lockstep loop has as many). The tiles and targets are moved to shared memory
     (tiles that a front converts to float32 are copied first). ``keep_models=False`` leaves
-    every result's ``model`` None and sends no weights back. ``compile_mode``: as in
-    :func:`train_setting`, compiled in every worker.
+    every result's ``model`` None and sends no weights back. ``compile_mode`` and
+    ``eval_epochs``: as in :func:`train_setting` (compiled in every worker).
 
     Returns:
         per setting, in ``settings`` order, one :class:`FoldResult` per fold in fold order.
     """
     import torch.multiprocessing as tmp
     for tiles, _ in settings:
-        _check_setting(tiles, eval_every, compile_mode)
+        _check_setting(tiles, eval_every, compile_mode, eval_epochs)
     k_folds = int(folds.max()) + 1
     targets = targets.share_memory_()
     shared: dict[tuple[int, bool], torch.Tensor] = {}
@@ -456,7 +474,7 @@ def train_settings_in_processes(cfg: TaskConfig, settings: Sequence[tuple[torch.
         if key not in shared:
             shared[key] = _front_tiles(tiles, front).share_memory_()
     jobs = [(cfg, shared[(id(tiles), front.build is None)], targets, folds, k, seed, str(device), front, eval_every,
-             amp, threads, keep_models, torch.are_deterministic_algorithms_enabled(), compile_mode)
+             amp, threads, keep_models, torch.are_deterministic_algorithms_enabled(), compile_mode, eval_epochs)
             for tiles, front in settings for k in range(k_folds)]
     with tmp.get_context("spawn").Pool(processes or k_folds) as pool:
         done = pool.starmap(_fold_worker, jobs, chunksize=1)
@@ -464,21 +482,24 @@ def train_settings_in_processes(cfg: TaskConfig, settings: Sequence[tuple[torch.
             for i, (_, front) in enumerate(settings)]
 
 
-def _log_epoch(live, results: list[FoldResult], epoch: int, metric: str) -> None:
+def _log_epoch(live, results: list[FoldResult], epoch: int, j: int, metric: str) -> None:
+    """Evaluation ``j`` of every fold, made after epoch ``epoch`` (from 0), as dvclive step ``epoch``."""
+    live.step = epoch
     for k, r in enumerate(results):
-        live.log_metric(f"fold{k}/train_loss", r.train_loss[epoch])
-        live.log_metric(f"fold{k}/val_{metric}", r.val_metric[epoch])
-    live.log_metric("train_loss", float(np.mean([r.train_loss[epoch] for r in results])))
-    live.log_metric(f"val_{metric}", float(np.mean([r.val_metric[epoch] for r in results])))
+        live.log_metric(f"fold{k}/train_loss", r.train_loss[j])
+        live.log_metric(f"fold{k}/val_{metric}", r.val_metric[j])
+    live.log_metric("train_loss", float(np.mean([r.train_loss[j] for r in results])))
+    live.log_metric(f"val_{metric}", float(np.mean([r.val_metric[j] for r in results])))
     live.next_step()
 
 
 def train_folds(cfg: TaskConfig, views: torch.Tensor, targets: torch.Tensor, folds: np.ndarray, seed: int,
                 device: torch.device, live=None, progress: bool = True, desc: str = "train",
-                amp: bool | None = None, compile_mode: str = "none") -> list[FoldResult]:
+                amp: bool | None = None, compile_mode: str = "none", eval_epochs: int = 1) -> list[FoldResult]:
     """Train one model per test fold on the other folds' tiles of one view (the train stage).
 
-    :func:`train_setting` with the identity front, evaluated at the end of every epoch.
+    :func:`train_setting` with the identity front, evaluated at the end of every
+    ``eval_epochs``-th epoch and of the last (the ``train.eval_every_epochs`` param).
 
     Args:
         cfg: task configuration.
@@ -490,22 +511,24 @@ def train_folds(cfg: TaskConfig, views: torch.Tensor, targets: torch.Tensor, fol
         amp: bf16 autocast; None -> on CUDA only (the ``precision`` param resolves it in stages).
         compile_mode: how the training step runs (:data:`COMPILE_MODES`; the ``compile`` param).
         live: optional dvclive ``Live``: logs ``fold<k>/train_loss``, ``fold<k>/val_<metric>``
-            and their means over folds, one step per epoch.
+            and their means over folds at each evaluation, the epoch (from 0) as the step.
 
     Returns:
-        one :class:`FoldResult` per fold, in fold order (one curve value per epoch).
+        one :class:`FoldResult` per fold, in fold order (one curve value per evaluated epoch).
     """
     amp = device.type == "cuda" if amp is None else amp
+    evaluated = evaluated_epochs(cfg.epochs, eval_epochs)
 
     def log(epoch: int, results: list[FoldResult]) -> None:
-        _log_epoch(live, results, epoch, METRIC[cfg.task])
+        if epoch in evaluated:
+            _log_epoch(live, results, epoch, evaluated.index(epoch), METRIC[cfg.task])
     return train_setting(cfg, views, targets, folds, seed, device, amp=amp, on_epoch=log if live is not None else None,
-                         progress=progress, desc=desc, compile_mode=compile_mode)
+                         progress=progress, desc=desc, compile_mode=compile_mode, eval_epochs=eval_epochs)
 
 
 def train_folds_concurrently(cfg: TaskConfig, views: torch.Tensor, targets: torch.Tensor, folds: np.ndarray,
                              seed: int, device: torch.device, live=None, amp: bool | None = None,
-                             threads: int = 0, compile_mode: str = "none") -> list[FoldResult]:
+                             threads: int = 0, compile_mode: str = "none", eval_epochs: int = 1) -> list[FoldResult]:
     """:func:`train_folds` with every fold in its own process on the same device
     (:func:`train_settings_in_processes`): the same models and curves. ``threads``: intra-op
     threads per process (0 = torch's default). The curves are logged to ``live`` after all
@@ -513,8 +536,8 @@ def train_folds_concurrently(cfg: TaskConfig, views: torch.Tensor, targets: torc
     """
     amp = device.type == "cuda" if amp is None else amp
     results = train_settings_in_processes(cfg, [(views, IDENTITY)], targets, folds, seed, device, amp=amp,
-                                          threads=threads, compile_mode=compile_mode)[0]
+                                          threads=threads, compile_mode=compile_mode, eval_epochs=eval_epochs)[0]
     if live is not None:
-        for epoch in range(cfg.epochs):
-            _log_epoch(live, results, epoch, METRIC[cfg.task])
+        for j, epoch in enumerate(evaluated_epochs(cfg.epochs, eval_epochs)):
+            _log_epoch(live, results, epoch, j, METRIC[cfg.task])
     return results

@@ -34,6 +34,7 @@ def main(argv: list[str]) -> str:
     params = P.load_params()
     cfg = P.train_config(params, dataset, view, task_config)
     seed = P.seed(params)
+    eval_epochs = P.train_eval_epochs(params)
     with P.sourced():             # the values are checked there; params.yaml is where they came from
         platform = stage_platform(*P.platform_values(params), compile=P.compile_value(params))
     device, amp = platform.device, platform.amp
@@ -47,10 +48,11 @@ def main(argv: list[str]) -> str:
     with Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
         if concurrent:
             results = train_folds_concurrently(cfg, views, targets, ds.folds, seed, device, live=live, amp=amp,
-                                               compile_mode=platform.compile)
+                                               compile_mode=platform.compile, eval_epochs=eval_epochs)
         else:
             results = train_folds(cfg, views, targets, ds.folds, seed, device, live=live,
-                                  desc=f"train {dataset}-{view}", amp=amp, compile_mode=platform.compile)
+                                  desc=f"train {dataset}-{view}", amp=amp, compile_mode=platform.compile,
+                                  eval_epochs=eval_epochs)
     save_fold_models(Path("models") / dataset / view, cfg, [r.model for r in results],
                      info={"dataset": dataset, "view": view, "seed": seed, "platform": platform.record()})
     metric = METRIC[cfg.task]
@@ -58,7 +60,7 @@ def main(argv: list[str]) -> str:
     mean, std = float(np.mean(final)), float(np.std(final, ddof=1)) if len(final) > 1 else 0.0
     write_json(Path("metrics/train") / dataset / f"{view}.json",
                {"metric": metric, "folds": len(final), "per_fold": final, "mean": mean, "std": std,
-                "epochs": cfg.epochs, "platform": platform.record()})
+                "epochs": cfg.epochs, "eval_every_epochs": eval_epochs, "platform": platform.record()})
     write_json(HEADLINE / "train" / dataset / f"{view}.json", train_headline(dataset, view, mean))
     return (f"train@{dataset}-{view}: {len(final)} folds x {cfg.epochs} epochs on {device.type}"
             f"{' (bf16)' if amp else ''}, held-out {metric} {mean:.3f} +- {std:.3f}")

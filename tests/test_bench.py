@@ -129,6 +129,9 @@ def test_projection_counts_the_protocol_images():
     assert d["corruptions"] == pytest.approx(V * n * (1 + 30))
     assert d["forensics"] == pytest.approx(8 * 6 * (20 * (F - 1) * n + n))
     assert d["train_concurrent"] == pytest.approx(d["train"])      # no concurrent rate: the lockstep one
+    assert p["eval_every_epochs"] == 1                               # the study evaluates every epoch
+    sparse = project_paper(_unit_rates(), 1.0, 1.0, protocol=dict(p, eval_every_epochs=E))["datasets"]["drone"]
+    assert sparse["train"] == pytest.approx(V * E * (F - 1) * n + V * 1 * (n + F * BN_TILES))   # the last only
     assert d["optimize_concurrent"] == pytest.approx(d["optimize"])
     rates = _unit_rates()
     rates["drone"]["search"] = 2.0                                   # forensics' batched search rate

@@ -84,6 +84,14 @@ def test_forensics_params_reject_out_of_range_values(patch, msg):
     assert str(e.value).startswith(f"params.yaml: {msg}"), str(e.value)
 
 
+def test_train_evaluation_schedule_param():
+    from rawdrift.params import train_eval_epochs
+    assert train_eval_epochs({"train": {"eval_every_epochs": 3}}) == 3
+    with pytest.raises(RawdriftError) as e:
+        train_eval_epochs({"train": {"eval_every_epochs": 0}})
+    assert str(e.value) == "params.yaml: train.eval_every_epochs: must be an integer >= 1, got 0"
+
+
 def test_params_read_exponent_floats_as_dvc_writes_them(tmp_path):
     """`dvc exp run -S forensics.lambda=1e-3` writes `1e-3`, a string to plain PyYAML (YAML 1.1)."""
     path = tmp_path / "params.yaml"

@@ -191,3 +191,23 @@ def test_compiled_training_step_matches_eager_and_trains_as_well():
     assert [r.train_loss[0] for r in comp] == pytest.approx([r.train_loss[0] for r in eager], rel=0.01)
     with pytest.raises(RawdriftError, match="compile mode must be one of none, default, reduce-overhead, got 'max'"):
         train_folds(cfg, x, y, folds, seed=1, device=cpu, progress=False, compile_mode="max")
+
+
+def test_epoch_schedule_evaluates_every_nth_and_the_last_epoch_and_leaves_training_alone():
+    """``eval_epochs``: evaluations after epochs 2 and 3 of 3 (every 2nd and the last), each
+    the every-epoch run's value at that epoch; the loss since the previous evaluation is the
+    mean of those epochs'; the weights are the same."""
+    from rawdrift.training import evaluated_epochs, train_setting
+    assert evaluated_epochs(5, 2) == [1, 3, 4] and evaluated_epochs(3, 1) == [0, 1, 2] and evaluated_epochs(3, 9) == [2]
+    x, y, folds = colour_task(n=15)
+    folds = np.arange(15) % 3
+    cfg = task_config("microscopy", dict(epochs=3, batch_size=3, lr=1e-3, classes=3))
+    every, second = (train_setting(cfg, x, y, folds, seed=2, device=torch.device("cpu"), progress=False, eval_epochs=n)
+                     for n in (1, 2))
+    for a, b in zip(every, second):
+        assert b.steps == [6, 9] and a.steps == [3, 6, 9]          # 3 steps per epoch
+        assert b.val_metric == a.val_metric[1:]
+        np.testing.assert_allclose(b.train_loss, [np.mean(a.train_loss[:2]), a.train_loss[2]], rtol=1e-6)
+        assert _states_equal(a.model, b.model)
+    with pytest.raises(RawdriftError, match="eval_epochs must be >= 1, got 0"):
+        train_setting(cfg, x, y, folds, seed=2, device=torch.device("cpu"), progress=False, eval_epochs=0)

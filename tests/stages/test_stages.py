@@ -241,7 +241,7 @@ def test_camera_validation_and_json(tmp_path):
 
 
 TRAIN = {"device": "cpu",
-         "train": {"microscopy": {"epochs": 4, "batch_size": 4, "lr": 0.001},
+         "train": {"eval_every_epochs": 1, "microscopy": {"epochs": 4, "batch_size": 4, "lr": 0.001},
                    "views": {"microscopy-bi_s_ga": {}}}}
 
 
@@ -462,7 +462,9 @@ def test_optimize_stages_start_from_raw_data_and_alone_read_optimize_params():
 
 
 def test_train_stage_with_concurrent_folds_writes_the_same_models(fetched, tmp_path):
-    wd = project(tmp_path, merge(SMALL, TRAIN))
+    """Lockstep and one process per fold: the same metrics, models and curves (here evaluated
+    every other epoch: after epochs 2 and 4 of 4, logged at steps 1 and 3)."""
+    wd = project(tmp_path, merge(merge(SMALL, TRAIN), {"train": {"eval_every_epochs": 2}}))
     shutil.copytree(fetched / "data/raw/microscopy", wd / "data/raw/microscopy")
     assert stage(wd, "render.py", "microscopy").returncode == 0
     env = dict(os.environ, RAWDRIFT_WORKERS="2")
@@ -473,8 +475,11 @@ def test_train_stage_with_concurrent_folds_writes_the_same_models(fetched, tmp_p
         assert r.returncode == 0, r.stderr
         assert ("warning: RAWDRIFT_CONCURRENT_FOLDS=1 on cpu" in r.stderr) == (flag == "1")
         runs[flag] = (json.loads((wd / "metrics/train/microscopy/bi_s_ga.json").read_text()),
-                      (wd / "models/microscopy/bi_s_ga/fold1.safetensors").read_bytes())
+                      (wd / "models/microscopy/bi_s_ga/fold1.safetensors").read_bytes(),
+                      (wd / "plots/train/microscopy/bi_s_ga/plots/metrics/val_accuracy.tsv").read_text())
     assert runs["0"] == runs["1"]
+    assert [line.split("\t")[0] for line in runs["0"][2].splitlines()] == ["step", "1", "3"]
+    assert runs["0"][0]["eval_every_epochs"] == 2
     record = runs["0"][0]["platform"]         # what the run computed on, in the metrics and the models
     assert {k: record[k] for k in ("device", "precision", "deterministic", "backends", "compile")} == {
         "device": "cpu", "precision": "bf16" if native_bf16(torch.device("cpu")) else "fp32",   # SMALL: auto
