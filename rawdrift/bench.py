@@ -429,9 +429,10 @@ def floor_rates(rates: dict, saturation: dict) -> dict:
 
 
 #: Execution modes of the training step that :func:`bench_step_modes` compares (``--step-modes``):
-#: eager with the default (foreach) Adam, as rawdrift trains now; eager with the fused Adam
-#: kernel; ``torch.compile`` with ``mode="reduce-overhead"`` (inductor's kernels replayed as
-#: CUDA graphs); and ``torch.compile`` in its default mode.
+#: eager with the default (foreach) Adam; eager with the fused Adam kernel (what the engine
+#: steps on CUDA, :func:`rawdrift.training.adam`); ``torch.compile`` with
+#: ``mode="reduce-overhead"`` (inductor's kernels replayed as CUDA graphs); and ``torch.compile``
+#: in its default mode, both as the ``compile`` param runs them (:func:`rawdrift.training.compiled`).
 STEP_MODES = ("eager", "fused_adam", "compile_cudagraphs", "compile")
 
 
@@ -456,7 +457,7 @@ def bench_step_modes(dataset: str, cfg_values: dict, size: int, batch: int, devi
             net = TaskModel(cfg).to(device, memory_format=torch.channels_last).train().net
             opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=mode != "eager")
             if mode.startswith("compile"):
-                net = torch.compile(net, mode="reduce-overhead" if mode == "compile_cudagraphs" else "default")
+                net = compiled(net, "reduce-overhead" if mode == "compile_cudagraphs" else "default")
 
             def step():
                 optimisation_step(net, opt, cfg, xb, yb, amp=amp)

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from rawdrift import checks
 from rawdrift.errors import RawdriftError
 from rawdrift.runtime import COMPILE_MODES
 from rawdrift.tasks import METRIC, TaskConfig, TaskModel, in_batches, loss_fn, predict, score
@@ -68,20 +69,14 @@ def channel_stats(views: torch.Tensor) -> tuple[list[float], list[float]]:
     return v.mean(dim=(0, 2, 3)).tolist(), v.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
 
 
-def check_compile_mode(mode: str) -> str:
-    """``mode`` if it is one of :data:`COMPILE_MODES`, else a :class:`RawdriftError` naming them."""
-    if mode not in COMPILE_MODES:
-        raise RawdriftError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
-    return mode
-
-
 def compiled(net: nn.Module, mode: str) -> nn.Module:
     """``net`` for the training step: itself for ``none``, else ``torch.compile(net, mode=mode)``
     with static shapes (a fold's last, smaller batch compiles once more). The compiled module
     shares ``net``'s parameters and buffers; ``reduce-overhead`` replays CUDA graphs on a GPU
     (on a CPU it is ``default``). Compiled kernels fuse operations and round differently from
     eager ones: results agree within float tolerance, not bit for bit."""
-    return net if check_compile_mode(mode) == "none" else torch.compile(net, mode=mode, dynamic=False)
+    return net if checks.choice("compile_mode", mode, COMPILE_MODES) == "none" else torch.compile(
+        net, mode=mode, dynamic=False)
 
 
 #: Training tiles whose statistics replace the BatchNorm running averages before each evaluation.
@@ -239,7 +234,7 @@ class _Fold:
 
 def _check_setting(tiles: torch.Tensor, eval_every: int | None, compile_mode: str = "none",
                    eval_epochs: int = 1) -> None:
-    check_compile_mode(compile_mode)
+    checks.choice("compile_mode", compile_mode, COMPILE_MODES)
     if tiles.shape[-1] != tiles.shape[-2]:
         raise RawdriftError(f"tiles must be square for rotation augmentation, got {tuple(tiles.shape[-2:])}")
     if eval_every is not None and eval_every < 1:

@@ -189,7 +189,7 @@ def test_compiled_training_step_matches_eager_and_trains_as_well():
     assert min(r.val_metric[-1] for r in comp) > 0.9
     # the first epoch's mean loss: the same to 1 % (the steps diverge only through rounding)
     assert [r.train_loss[0] for r in comp] == pytest.approx([r.train_loss[0] for r in eager], rel=0.01)
-    with pytest.raises(RawdriftError, match="compile mode must be one of none, default, reduce-overhead, got 'max'"):
+    with pytest.raises(RawdriftError, match="compile_mode: must be one of none, default, reduce-overhead, got 'max'"):
         train_folds(cfg, x, y, folds, seed=1, device=cpu, progress=False, compile_mode="max")
 
 
