@@ -161,10 +161,13 @@ def bench_inference(dataset: str, cfg_values: dict, size: int, batch: int, devic
 
 
 def bench_joint_step(dataset: str, cfg_values: dict, size: int, batch: int, device: torch.device,
-                     warmup: int = 2, windows: int = 3, steps: int = 3, amp: bool | None = None) -> float:
+                     warmup: int = 2, windows: int = 3, steps: int = 3, amp: bool | None = None,
+                     compile_mode: str = "none") -> float:
     """Images/s of one Adam step through the constrained ``ParametrizedISP`` and the task model
     together, from raw (batch, size, size) tiles: optimize's ``learned`` mode; a forensics search
-    step costs about the same (the gradient goes through the frozen model to the ISP)."""
+    step costs about the same (the gradient goes through the frozen model to the ISP).
+    ``compile_mode`` runs the task model as :func:`rawdrift.training.compiled` does in the
+    optimize stage (the ISP stays eager); forensics runs its model eager (``none``)."""
     from rawdrift.camera import CAMERAS
     from rawdrift.isp.constraints import constrain, optimiser_groups
     from rawdrift.isp.differentiable import ParametrizedISP
@@ -174,6 +177,7 @@ def bench_joint_step(dataset: str, cfg_values: dict, size: int, batch: int, devi
     torch.manual_seed(0)
     isp = constrain(ParametrizedISP(CAMERAS[dataset])).to(device)
     model = TaskModel(cfg).to(device, memory_format=torch.channels_last).train()
+    net = compiled(model, compile_mode)
     opt = adam([{"params": list(model.parameters())}] + optimiser_groups(isp, "all", 0.01), cfg.lr, device)
     raw = torch.rand(batch, size, size, device=device, generator=gen) * 0.5 + 0.07
     _, yb = _random_data(cfg, batch, size, device, gen)
@@ -181,7 +185,7 @@ def bench_joint_step(dataset: str, cfg_values: dict, size: int, batch: int, devi
     def step():
         views = isp(raw).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = loss_fn(cfg, model(views), yb)
+            loss = loss_fn(cfg, net(views), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -584,7 +588,7 @@ def main(argv=None) -> None:
         rates[name] = {"size": size, "train": run["pipeline_images_per_s"], "train_concurrent": conc["images_per_s"],
                        "inference": bench_inference(name, values, size, max(batch, 64), device, amp=amp,
                                                     n_data=256 if cuda else 64),
-                       "joint": bench_joint_step(name, values, size, batch, device, amp=amp),
+                       "joint": bench_joint_step(name, values, size, batch, device, amp=amp, compile_mode=mode),
                        "search": bench_joint_step(name, values, size, search_batch, device, amp=amp)}
     flops = {name: training_flops(name, values, size) for name, (values, _) in setups.items()}
     for r in runs:

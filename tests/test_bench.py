@@ -11,6 +11,7 @@ from rawdrift.bench import (PAPER_PROTOCOL, PAPER_TILE, PAPER_TILES, bench_concu
                             bench_inference, bench_joint_step, bench_saturation, bench_step_modes, bench_task, floor_rates,
                             main, project_paper, training_flops)
 from rawdrift.corruptions import CORRUPTIONS
+from rawdrift.errors import ParamError
 from rawdrift.profiles import load_profile
 from rawdrift.training import BN_TILES
 
@@ -99,6 +100,18 @@ def test_inference_and_joint_step_benches_run_on_cpu():
     assert bench_inference("drone", seg, size=16, batch=4, device=CPU, n_data=8, windows=1) > 0
     assert bench_joint_step("microscopy", {"classes": 3}, size=16, batch=4, device=CPU, warmup=1, windows=1,
                             steps=1) > 0
+
+
+def test_joint_step_bench_runs_the_task_model_in_the_compile_mode_asked(monkeypatch):
+    import rawdrift.bench as B
+    seen = []
+    monkeypatch.setattr(B, "compiled", lambda net, mode: seen.append((type(net).__name__, mode)) or net)
+    assert bench_joint_step("microscopy", {"classes": 3}, size=16, batch=4, device=CPU, warmup=1, windows=1,
+                            steps=1, compile_mode="reduce-overhead") > 0
+    assert seen == [("TaskModel", "reduce-overhead")]
+    monkeypatch.undo()
+    with pytest.raises(ParamError, match="compile_mode"):
+        bench_joint_step("microscopy", {"classes": 3}, size=16, batch=4, device=CPU, compile_mode="fast")
 
 
 def test_concurrent_bench_counts_every_process():
