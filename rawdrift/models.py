@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -34,8 +35,10 @@ def load_fold_model(model_dir: str | Path, fold: int, device: torch.device | str
         raise RawdriftError(f"{path}: file not found")
     # Built without storage (meta device) and given the stored tensors: random initialisation
     # of weights that are overwritten anyway took ~0.3-0.4 s per model, x36 per evaluation stage.
+    # ``pretrained`` off: the stored weights replace any starting ones, so none are loaded or fetched.
     with torch.device("meta"):
-        model = TaskModel(cfg)
+        model = TaskModel(replace(cfg, pretrained=False))
+    model.cfg = cfg
     try:
         model.load_state_dict(load_file(str(path)), assign=True)
     except Exception as e:   # safetensors raises its own error types for corrupt files

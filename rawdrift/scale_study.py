@@ -69,14 +69,18 @@ class StudyPoint:
         return f"{self.dataset}-{self.tile}px-{self.label}"
 
 
-POINT_KEYS = {"dataset", "tile", "label", "optics", "epochs", "count"}
+#: Keys of a point that override the dataset's training recipe (``train.<dataset>``).
+TASK_KEYS: tuple[str, ...] = ("epochs", "arch", "pretrained", "lr")
+POINT_KEYS = {"dataset", "tile", "label", "optics", "count", *TASK_KEYS}
 
 
 def check_point(spec: dict) -> dict:
     """Validate one point's settings: dataset, even tile >= 16, optional optics (microscopy),
-    epochs >= 1, count (tiles, >= 12), label. Errors name the key (``tile: ...``); the stage adds
-    the point and file."""
+    count (tiles, >= 12), label, and the recipe overrides epochs >= 1, arch (the dataset's
+    networks), pretrained, lr > 0. Errors name the key (``tile: ...``); the stage adds the point
+    and file."""
     from rawdrift.sources.microscopy import OPTICS
+    from rawdrift.tasks import CLASSIFICATION_ARCHS, SEGMENTATION_ARCHS
     checks.mapping("", spec, sorted(POINT_KEYS))
     dataset = checks.choice("dataset", spec.get("dataset"), tuple(PAPER))
     tile = checks.integer("tile", spec.get("tile"), 16)
@@ -87,6 +91,10 @@ def check_point(spec: dict) -> dict:
             raise ParamError("optics", f"applies to microscopy only, got {spec['optics']!r} for {dataset}")
         checks.choice("optics", spec["optics"], OPTICS)
     checks.integer("epochs", spec.get("epochs", 1), 1)
+    if "arch" in spec:
+        checks.choice("arch", spec["arch"], CLASSIFICATION_ARCHS if dataset == "microscopy" else SEGMENTATION_ARCHS)
+    checks.flag("pretrained", spec.get("pretrained", False))
+    checks.number("lr", spec.get("lr", 1.0), 0, above=True)
     checks.integer("count", spec.get("count", 12), 12)
     return spec
 

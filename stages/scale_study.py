@@ -6,9 +6,9 @@ Usage (from studies/scale/, as its dvc.yaml runs them):
     python ../../stages/scale_study.py summary      # every point -> metrics/scale_study.json, plots/scale_study.png
 
 A point's settings come from ``points.<name>`` of studies/scale/params.yaml (dataset, tile, and
-optionally optics, epochs, count, label); the study's views, folds, count and severity from
-``study``; the training recipe (``train.<dataset>``), seed and corruptions from the project's
-params.yaml. A point trains its views in ``RAWDRIFT_WORKERS`` processes (default: all cores),
+optionally optics, count, label, and epochs, arch, pretrained, lr over the recipe); the study's
+views, folds, count and severity from ``study``; the training recipe (``train.<dataset>``), seed
+and corruptions from the project's params.yaml. A point trains its views in ``RAWDRIFT_WORKERS`` processes (default: all cores),
 one thread each, so its numbers do not depend on the worker or core count. Each point is its own
 DVC stage: adding or changing one point reruns that point and the summary only.
 """
@@ -32,14 +32,14 @@ USAGE = "usage: python stages/scale_study.py point NAME | summary (from studies/
 
 def _study() -> tuple[dict, dict]:
     local = P.load_params("params.yaml")
-    study, points = P.get(local, "study"), P.get(local, "points")
+    points = P.get(local, "points")
     if not isinstance(points, dict) or not points:
         raise RawdriftError(f"{STUDY}: points must be a non-empty mapping of name -> settings")
     return local, points
 
 
 def _point(study: dict, points: dict, name: str, seed: int):
-    from rawdrift.scale_study import StudyPoint, check_point
+    from rawdrift.scale_study import TASK_KEYS, StudyPoint, check_point
     if name not in points:
         raise RawdriftError(f"{STUDY}: no point {name!r} under points")
     with P.sourced(f"points.{name}", STUDY):
@@ -48,7 +48,7 @@ def _point(study: dict, points: dict, name: str, seed: int):
     count = spec.get("count", study["count"][dataset])
     return StudyPoint(dataset=dataset, tile=spec["tile"], label=spec.get("label", name),
                       optics=spec.get("optics", "matched"), count=count, folds=study["folds"], seed=seed,
-                      views=tuple(study["views"]), task={"epochs": spec["epochs"]} if "epochs" in spec else {},
+                      views=tuple(study["views"]), task={k: spec[k] for k in TASK_KEYS if k in spec},
                       ablation=count != study["count"][dataset])
 
 

