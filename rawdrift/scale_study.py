@@ -20,7 +20,7 @@ import multiprocessing as mp
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -75,12 +75,11 @@ POINT_KEYS = {"dataset", "tile", "label", "optics", "count", *TASK_KEYS}
 
 
 def check_point(spec: dict) -> dict:
-    """Validate one point's settings: dataset, even tile >= 16, optional optics (microscopy),
-    count (tiles, >= 12), label, and the recipe overrides epochs >= 1, arch (the dataset's
-    networks), pretrained, lr > 0. Errors name the key (``tile: ...``); the stage adds the point
-    and file."""
+    """Validate one point's own settings: known keys, dataset, even tile >= 16, optional optics
+    (microscopy), count (tiles, >= 12). The recipe overrides (:data:`TASK_KEYS`) are checked
+    where they are applied, by :func:`rawdrift.tasks.task_config`. Errors name the key
+    (``tile: ...``); the stage adds the point and file."""
     from rawdrift.sources.microscopy import OPTICS
-    from rawdrift.tasks import CLASSIFICATION_ARCHS, SEGMENTATION_ARCHS
     checks.mapping("", spec, sorted(POINT_KEYS))
     dataset = checks.choice("dataset", spec.get("dataset"), tuple(PAPER))
     tile = checks.integer("tile", spec.get("tile"), 16)
@@ -90,11 +89,6 @@ def check_point(spec: dict) -> dict:
         if dataset != "microscopy":
             raise ParamError("optics", f"applies to microscopy only, got {spec['optics']!r} for {dataset}")
         checks.choice("optics", spec["optics"], OPTICS)
-    checks.integer("epochs", spec.get("epochs", 1), 1)
-    if "arch" in spec:
-        checks.choice("arch", spec["arch"], CLASSIFICATION_ARCHS if dataset == "microscopy" else SEGMENTATION_ARCHS)
-    checks.flag("pretrained", spec.get("pretrained", False))
-    checks.number("lr", spec.get("lr", 1.0), 0, above=True)
     checks.integer("count", spec.get("count", 12), 12)
     return spec
 
@@ -238,6 +232,9 @@ def run_point(point: StudyPoint, cfg: TaskConfig, corruptions, severity: int = 3
               device: torch.device | None = None, workers: int = 0, progress: bool = False) -> dict:
     """Generate, render, train and evaluate one study point; returns its figures and matrices.
 
+    ``cfg`` is the point's training recipe: ``train.<dataset>`` with ``point.task`` applied
+    (the stage builds it with :func:`rawdrift.tasks.task_config`, which checks the overrides).
+
     On the CPU every train view runs in its own single-threaded process (:func:`train_view`), at
     most ``workers`` at a time (0: one per core), so the numbers do not depend on ``workers`` or
     on the machine's core count; on CUDA the views run one after the other in this process.
@@ -253,8 +250,6 @@ def run_point(point: StudyPoint, cfg: TaskConfig, corruptions, severity: int = 3
         raw = np.array(ds.raw(1.0))
         targets = load_targets(ds)
         camera, folds = ds.camera, np.array(ds.folds)
-    if point.task:
-        cfg = replace(cfg, **point.task)
     jobs = [ViewJob(point, cfg, v, raw, camera, folds, targets, tuple(corruptions), severity,
                     point.tile / reference_tile, device, threads=1 if device.type == "cpu" else 0)
             for v in point.views]

@@ -52,11 +52,21 @@ def _point(study: dict, points: dict, name: str, seed: int):
                       ablation=count != study["count"][dataset])
 
 
+def _recipe(root: dict, point, name: str):
+    """The point's training recipe: ``train.<dataset>`` of params.yaml with the point's
+    overrides applied and checked (errors name ``points.<name>.<key>`` in the study's file)."""
+    from rawdrift.tasks import task_config
+    base = P.task_params(root, point.dataset, task_config)
+    if not point.task:
+        return base
+    with P.sourced(f"points.{name}", STUDY):
+        return task_config(point.dataset, {**P.get(root, f"train.{point.dataset}"), **point.task})
+
+
 def run_one(name: str) -> str:
     from rawdrift.corruptions import CORRUPTIONS
     from rawdrift.runtime import resolve_device
     from rawdrift.scale_study import run_point
-    from rawdrift.tasks import task_config
     local, points = _study()
     root = P.load_params(ROOT / "params.yaml")
     point = _point(P.get(local, "study"), points, name, P.seed(root))
@@ -64,7 +74,7 @@ def run_one(name: str) -> str:
     severity = P.int_param(local, "study.severity", 1, 5, source=STUDY)
     with P.sourced():
         device = resolve_device(P.get(root, "device"), allow_auto=False)
-    r = run_point(point, P.task_params(root, point.dataset, task_config), cp.names, severity=severity,
+    r = run_point(point, _recipe(root, point, name), cp.names, severity=severity,
                   reference_tile=cp.reference_tile, device=device, workers=P.workers())
     r.pop("name")      # the point's key names it
     write_json(POINTS_DIR / f"{name}.json", r)

@@ -58,6 +58,9 @@ def test_saturation_and_floor_rates():
     floor = floor_rates(rates, sat)["microscopy"]
     assert floor["train"] == floor["train_concurrent"] == sat["microscopy"]["best_images_per_s"]
     assert (floor["inference"], floor["joint"]) == (3.0, 4.0) and rates["microscopy"]["train"] == 1.0
+    fast = sat["microscopy"]["best_images_per_s"] * 2          # a compiled step beyond the eager ceiling stays
+    floor = floor_rates({"microscopy": dict(rates["microscopy"], train=fast)}, sat)["microscopy"]
+    assert floor["train"] == fast and floor["train_concurrent"] == sat["microscopy"]["best_images_per_s"]
 
 
 def test_step_modes_bench_compares_against_eager_and_records_failures():
@@ -117,7 +120,7 @@ def test_joint_step_bench_runs_the_task_model_in_the_compile_mode_asked(monkeypa
 def test_concurrent_bench_counts_every_process():
     r = bench_concurrent("microscopy", {"classes": 3}, size=16, batch=4, device=CPU, processes=2, warmup=1,
                          steps=2, n_data=16, threads=1)
-    assert r["processes"] == 2 and r["images_per_s"] > 0
+    assert r["processes"] == 2 and r["images_per_s"] > 0 and r["compile"] == "none"
 
 
 def test_concurrent_bench_reports_a_failing_worker():

@@ -108,7 +108,7 @@ def test_make_repro_paper_runs_dvc_exp_run_with_the_profile(tmp_path):
     stamp.touch()
     os.utime(stamp, (4e9, 4e9))                    # newer than requirements.txt: nothing to install
     env = {k: v for k, v in os.environ.items() if k != "RAWDRIFT_CONCURRENT_FOLDS"}
-    for given, expected in ((None, "1"), ("0", "0")):       # concurrent folds unless the user says otherwise
+    for given, expected in ((None, "0"), ("1", "1")):       # folds in turn unless the user says otherwise
         r = subprocess.run(["make", "-s", "-C", str(ROOT), "repro-paper", f"BIN={bin_dir}", f"STAMP={stamp}"],
                            capture_output=True, text=True, timeout=300,
                            env=env if given is None else dict(env, RAWDRIFT_CONCURRENT_FOLDS=given))

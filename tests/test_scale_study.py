@@ -25,12 +25,7 @@ def test_summarise_matches_the_pipeline_definitions():
     ({"dataset": "drone", "tile": 33}, "tile"),
     ({"dataset": "drone", "tile": 32, "optics": "matched"}, "optics"),
     ({"dataset": "microscopy", "tile": 32, "optics": "zoom"}, "optics"),
-    ({"dataset": "microscopy", "tile": 32, "epochs": 0}, "epochs"),
     ({"dataset": "microscopy", "tile": 32, "count": 5}, "count"),
-    ({"dataset": "microscopy", "tile": 32, "lr": 0}, "lr"),
-    ({"dataset": "microscopy", "tile": 32, "arch": "unet"}, "arch"),
-    ({"dataset": "drone", "tile": 32, "arch": "efficientnet_lite0"}, "arch"),
-    ({"dataset": "microscopy", "tile": 32, "pretrained": "yes"}, "pretrained"),
     ({"dataset": "microscopy", "tile": 32, "batch_size": 8}, "unknown key"),
 ])
 def test_bad_points_are_named(spec, key):
@@ -38,19 +33,18 @@ def test_bad_points_are_named(spec, key):
         check_point(spec)
 
 
-def test_a_point_overrides_the_recipe():
-    spec = {"dataset": "microscopy", "tile": 32, "arch": "efficientnet_lite0", "pretrained": True, "lr": 1e-4,
-            "epochs": 2}
-    assert check_point(spec) is spec
-
-
-def test_the_stage_passes_a_points_recipe_overrides_on():
+def _stage():
     import importlib.util
 
     from helpers import ROOT
     spec = importlib.util.spec_from_file_location("scale_study_stage", ROOT / "stages/scale_study.py")
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
+    return stage
+
+
+def test_the_stage_passes_a_points_recipe_overrides_on():
+    stage = _stage()
     study = {"count": {"microscopy": 240, "drone": 180}, "folds": 3, "views": ["bi_s_ga", "ma_s_ga"]}
     points = {"p": {"dataset": "microscopy", "tile": 64, "arch": "efficientnet_lite0", "pretrained": True,
                     "lr": 1e-4, "epochs": 16, "label": "ImageNet"},
@@ -60,6 +54,31 @@ def test_the_stage_passes_a_points_recipe_overrides_on():
     assert (p.count, p.folds, p.seed, p.label, p.views) == (240, 3, 7, "ImageNet", ("bi_s_ga", "ma_s_ga"))
     plain = stage._point(study, points, "plain", seed=7)
     assert plain.task == {} and plain.count == 180 and not plain.ablation
+    root = {"train": {"microscopy": {"epochs": 4, "batch_size": 32, "lr": 1e-3},
+                      "drone": {"arch": "unet", "epochs": 3, "batch_size": 8, "loss": "dice"}}}
+    cfg = stage._recipe(root, p, "p")
+    assert (cfg.arch, cfg.pretrained, cfg.lr, cfg.epochs, cfg.batch_size) == ("efficientnet_lite0", True, 1e-4, 16, 32)
+    base = stage._recipe(root, plain, "plain")
+    assert (base.arch, base.epochs, base.batch_size) == ("unet", 3, 8)
+
+
+@pytest.mark.parametrize("dataset, override, key", [
+    ("microscopy", {"epochs": 0}, "epochs"),
+    ("microscopy", {"lr": 0}, "lr"),
+    ("microscopy", {"arch": "unet"}, "arch"),
+    ("drone", {"arch": "efficientnet_lite0"}, "arch"),
+    ("microscopy", {"pretrained": "yes"}, "pretrained"),
+])
+def test_bad_recipe_overrides_are_named_by_point(dataset, override, key):
+    """A point's override is checked by task_config, and the error names the point's key in the
+    study's params file; a bad train.<dataset> is named in params.yaml."""
+    stage = _stage()
+    root = {"train": {"microscopy": {"epochs": 4, "batch_size": 32}, "drone": {"arch": "unet", "batch_size": 8, "loss": "dice"}}}
+    with pytest.raises(RawdriftError, match=rf"^studies/scale/params.yaml: points.p.{key}: "):
+        stage._recipe(root, StudyPoint(dataset, 32, task=override), "p")
+    root["train"][dataset]["batch_size"] = 0
+    with pytest.raises(RawdriftError, match=rf"^params.yaml: train.{dataset}.batch_size: "):
+        stage._recipe(root, StudyPoint(dataset, 32), "p")
 
 
 def test_tiny_point_end_to_end(tmp_path):

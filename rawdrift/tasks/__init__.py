@@ -134,8 +134,7 @@ def _network(cfg: TaskConfig, in_channels: int = 3) -> nn.Module:
         net = torchvision.models.resnet18(weights=weights)
         net.fc = nn.Linear(net.fc.in_features, cfg.classes)
         if in_channels != 3:
-            old = net.conv1
-            net.conv1 = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
+            net.conv1 = _fresh_stem(net.conv1, in_channels)
         return net
     import segmentation_models_pytorch as smp
     if len(cfg.decoder_channels) != cfg.encoder_depth:
@@ -192,9 +191,14 @@ def _efficientnet_lite0(classes: int, in_channels: int, pretrained: bool) -> nn.
         load_efficientnet_lite0_imagenet(net)
     net.reset_classifier(classes)
     if in_channels != 3:
-        old = net.conv_stem
-        net.conv_stem = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
+        net.conv_stem = _fresh_stem(net.conv_stem, in_channels)
     return net
+
+
+def _fresh_stem(old: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    """A new, randomly initialised first convolution like ``old`` (no bias: a BatchNorm follows)
+    that takes ``in_channels`` instead of RGB."""
+    return nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
 
 
 def _drop_unused_encoder_stages(encoder: nn.Module, depth: int) -> None:
