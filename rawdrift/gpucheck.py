@@ -149,12 +149,14 @@ def step_bench(out: Path, timeout: float) -> dict:
 def _projected_train_stage(bench_json: Path, dataset: str) -> dict:
     """What ``bench_json``'s rates (``make bench``) project for one train stage of ``dataset`` at
     the paper protocol: the projection's train time over the number of views of the protocol it
-    projected (its ``protocol`` record), in lockstep and with concurrent folds; {} without the file."""
+    projected (its ``protocol`` record), in lockstep and with concurrent folds, and the
+    ``compile`` mode its training steps were measured in; {} without the file."""
     if not bench_json.is_file():
         return {}
     bench = json.loads(bench_json.read_text())
     proj, views = bench["projection"]["datasets"][dataset], bench["protocol"]["views"]
-    return {"projected_s": proj["train"] / views, "projected_concurrent_s": proj["train_concurrent"] / views}
+    return {"projected_s": proj["train"] / views, "projected_concurrent_s": proj["train_concurrent"] / views,
+            "projected_compile": bench["protocol"].get("compile", "none")}
 
 
 def step_paper(out: Path, timeout: float, datasets: tuple[str, ...] = ("microscopy", "drone"),
@@ -165,8 +167,10 @@ def step_paper(out: Path, timeout: float, datasets: tuple[str, ...] = ("microsco
     as a profile: e.g. a small size for a test on the CPU). Per dataset, ``dvc repro
     render@<dataset>`` (fetch and render), then ``dvc repro train@<dataset>-bi_s_ga`` alone,
     each timed; ``out/paper.json``: {dataset: {"render_s", "train_s", "projected_s",
-    "projected_concurrent_s"}, "concurrent_folds": the ``RAWDRIFT_CONCURRENT_FOLDS`` it ran
-    with}. A dataset whose command fails or runs out of time ends the step."""
+    "projected_concurrent_s", "projected_compile"}, "concurrent_folds": the
+    ``RAWDRIFT_CONCURRENT_FOLDS`` it ran with, "compile": the workspace's ``compile`` param}
+    (a projection measured in another mode than the stage ran is no yardstick for it: rerun
+    ``make bench`` first). A dataset whose command fails or runs out of time ends the step."""
     from rawdrift import demo, profiles
     log = out / "paper.log"
     start = time.perf_counter()
@@ -174,6 +178,7 @@ def step_paper(out: Path, timeout: float, datasets: tuple[str, ...] = ("microsco
     report: dict = {"concurrent_folds": os.environ.get("RAWDRIFT_CONCURRENT_FOLDS", "0")}
     try:
         params = profiles.apply(profiles.resolve("paper", ROOT), overrides or {}, "gpu-check paper overrides")
+        report["compile"] = params["compile"]
         ws = Path(tempfile.mkdtemp(prefix="rawdrift-gpucheck-paper-")) / "ws"
         demo.create(ws, params=params)
     except Exception as exc:      # noqa: BLE001 - the step fails with the reason in its log, the rest runs

@@ -37,6 +37,7 @@ from helpers import photo_raw
 from rawdrift.camera import CAMERAS
 from rawdrift.isp import VIEWS, ParametrizedISP, render_static
 from rawdrift.isp.batched import render_batch
+from rawdrift.profiles import resolve
 from rawdrift.runtime import configure_backends, stage_platform
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -481,6 +482,7 @@ def test_gpu_check_paper_step_times_one_train_stage_per_dataset(tmp_path):
     m = report["microscopy"]
     assert m["render_s"] > 0 and m["train_s"] > 0
     assert m["projected_s"] == pytest.approx(1200.0 / 12) and m["projected_concurrent_s"] == pytest.approx(50.0)
+    assert m["projected_compile"] == "none" and report["compile"] == resolve("paper", ROOT)["compile"]
     ws = Path(r["workspace"])
     params = yaml.safe_load((ws / "params.yaml").read_text())
     assert params["train"]["microscopy"]["lr"] == 0.0001 and params["data"]["microscopy"]["tile"] == 32
