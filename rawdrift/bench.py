@@ -11,8 +11,8 @@
   (``RAWDRIFT_CONCURRENT_FOLDS=1``), eager, images/s of all of them together, against the bare
   network at the batch they add up to (what one busy device can do): the other remedy for a
   launch-bound step than the CUDA graphs of ``compile: reduce-overhead``;
-- inference (the held-out evaluations) and the joint data-model + task-model step
-  (forensics, optimize);
+- inference (the held-out evaluations), the joint data-model + task-model step (optimize)
+  and forensics' search step (:func:`bench_search`);
 
 the static views (batched torch on the device against the numpy reference on one core), and
 the common corruptions (images/s per corruption and severity at the paper profile's tile
@@ -22,8 +22,8 @@ corruption and severity at that size), the FLOPs of one training image of each t
 (:func:`bench_saturation`). ``--step-modes`` instead compares the training step's execution
 modes (eager, fused Adam, ``torch.compile``, CUDA graphs: :func:`bench_step_modes`). The paper
 protocol is ``profiles/paper.yaml`` laid over ``params.yaml`` (:data:`PAPER_PROTOCOL`), as
-``make repro-paper`` runs it: the training steps run in its ``compile`` mode, the forensics
-searches at its ``forensics.max_batch`` tiles per pass. From these rates it projects the whole
+``make repro-paper`` runs it: the training steps and the forensics searches run in its
+``compile`` mode, the searches at its ``forensics.max_batch`` tiles per pass. From these rates it projects the whole
 protocol (:func:`project_paper`), stage by stage, and writes ``bench/<device>.json`` with
 images/s, their ratios, the projection and the device name. Timings are medians of repeated
 windows after warm-up; no test asserts on them.
@@ -51,7 +51,8 @@ def protocol(profile: str = "paper") -> dict:
     laid over it (:func:`rawdrift.profiles.resolve`, validated), as ``make repro-paper`` runs it:
     views, folds; per dataset the tiles, tile side, train batch and epochs, optimize epochs and
     eval_every, and the task model (``train.<dataset>``); corruptions x severities; forensics
-    groups x lambdas x epochs and tiles per pass (``max_batch``); optimize modes x intensities;
+    groups x lambdas x epochs, tiles per search step and per pass (``batch_size``, ``max_batch``);
+    optimize modes x intensities;
     the ``compile`` mode of the training steps; the train stage's ``eval_every_epochs``."""
     from rawdrift.profiles import resolve, validate
     sections = validate(resolve(profile))
@@ -67,7 +68,7 @@ def protocol(profile: str = "paper") -> dict:
                      for d in data},
         "corruptions": len(sections["corruptions"].names), "severities": len(sections["corruptions"].severities),
         "forensics": {"groups": len(fo.groups), "lambdas": len(fo.lambdas), "epochs": fo.epochs,
-                      "max_batch": fo.max_batch},
+                      "batch_size": fo.batch_size, "max_batch": fo.max_batch},
         "optimize": {"modes": len(first_opt.modes), "intensities": len(first_opt.intensities)},
     }
 
@@ -165,10 +166,9 @@ def bench_joint_step(dataset: str, cfg_values: dict, size: int, batch: int, devi
                      warmup: int = 2, windows: int = 3, steps: int = 3, amp: bool | None = None,
                      compile_mode: str = "none") -> float:
     """Images/s of one Adam step through the constrained ``ParametrizedISP`` and the task model
-    together, from raw (batch, size, size) tiles: optimize's ``learned`` mode; a forensics search
-    step costs about the same (the gradient goes through the frozen model to the ISP).
-    ``compile_mode`` runs the task model as :func:`rawdrift.training.compiled` does in the
-    optimize stage (the ISP stays eager); forensics runs its model eager (``none``)."""
+    together, from raw (batch, size, size) tiles: optimize's ``learned`` mode. ``compile_mode``
+    runs the task model as :func:`rawdrift.training.compiled` does in the optimize stage (the
+    ISP stays eager there)."""
     from rawdrift.camera import CAMERAS
     from rawdrift.isp.constraints import constrain, optimiser_groups
     from rawdrift.isp.differentiable import ParametrizedISP
@@ -191,6 +191,30 @@ def bench_joint_step(dataset: str, cfg_values: dict, size: int, batch: int, devi
         loss.backward()
         opt.step()
     return batch * _steps_per_second(step, device, warmup, windows, steps)
+
+
+def bench_search(dataset: str, cfg_values: dict, size: int, batch: int, searches: int, device: torch.device,
+                 windows: int = 3, steps: int = 3, amp: bool | None = None, compile_mode: str = "none") -> float:
+    """Images/s of forensics' search step as the stage runs it: ``searches`` searches of
+    ``batch`` tiles a step, stepped together through :func:`rawdrift.forensics.adversarial_searches`
+    (the frozen task model's forward and backward to its input, the constrained ISPs, Adam on
+    their parameters), ``compile_mode`` as the ``compile`` param sets it there. Each timed call
+    is one epoch of ``steps`` steps over random raw tiles, its set-up (the reference views, the
+    ISPs) included; a first, untimed call compiles."""
+    from rawdrift.camera import CAMERAS
+    from rawdrift.forensics import SearchSettings, adversarial_searches
+    cfg = task_config(dataset, dict(cfg_values))
+    amp = device.type == "cuda" if amp is None else amp
+    gen = torch.Generator(device=device).manual_seed(0)
+    torch.manual_seed(0)
+    model = TaskModel(cfg).to(device, memory_format=torch.channels_last)
+    raw = torch.rand(batch * steps, size, size, device=device, generator=gen) * 0.5 + 0.07
+    _, y = _random_data(cfg, batch * steps, size, device, gen)
+    settings = [SearchSettings(lam=10.0 ** -k, group="all", epochs=1, batch_size=batch) for k in range(searches)]
+
+    def epoch():
+        adversarial_searches(model, cfg, CAMERAS[dataset], raw, y, settings, list(range(searches)), amp, compile_mode)
+    return searches * batch * steps * _steps_per_second(epoch, device, 1, windows, 1)
 
 
 def _concurrent_worker(dataset: str, cfg_values: dict, size: int, batch: int, device: str, amp: bool,
@@ -309,9 +333,9 @@ def project_paper(rates: dict, render_view_images_per_s: float, corruption_s_per
 
     Args:
         rates: per dataset {"size" (px the rates were measured at), "train", "inference",
-            "joint" and optionally "train_concurrent" and "search" (the joint step at the
-            ``forensics.max_batch`` tiles per pass that forensics steps its searches together
-            in), in images/s.
+            "joint" and optionally "train_concurrent" and "search" (forensics' search step,
+            its searches stepped together at ``forensics.max_batch`` tiles per pass:
+            :func:`bench_search`), in images/s.
             Rates measured below the protocol's tile are scaled by (size / tile)^2, as
             convolution cost goes with the pixel count (an approximation: small tiles leave a
             device less busy, so it overestimates them).
@@ -579,8 +603,8 @@ def main(argv=None) -> None:
         return
     runs, concurrent, rates = [], [], {}
     mode = PAPER_PROTOCOL["compile"]           # the training steps as the profile runs them
-    search_batch = PAPER_PROTOCOL["forensics"]["max_batch"]      # forensics' searches, stepped together
-    search_batch = search_batch if cuda else min(search_batch, 64)
+    fo = PAPER_PROTOCOL["forensics"]      # forensics' searches, max_batch // batch_size stepped together
+    searches = max(1, (fo["max_batch"] if cuda else min(fo["max_batch"], 64)) // fo["batch_size"])
     for name, (values, batch) in setups.items():
         run = bench_task(name, values, size, batch, device, amp=amp, compile_mode=mode)
         # eager: the alternative to the compiled loop (five processes compiling would double the bench's time)
@@ -595,7 +619,8 @@ def main(argv=None) -> None:
                        "inference": bench_inference(name, values, size, max(batch, 64), device, amp=amp,
                                                     n_data=256 if cuda else 64),
                        "joint": bench_joint_step(name, values, size, batch, device, amp=amp, compile_mode=mode),
-                       "search": bench_joint_step(name, values, size, search_batch, device, amp=amp)}
+                       "search": bench_search(name, values, size, fo["batch_size"], searches, device, amp=amp,
+                                              compile_mode=mode)}
     flops = {name: training_flops(name, values, size) for name, (values, _) in setups.items()}
     for r in runs:
         r["training_tflop_per_s"] = r["pipeline_images_per_s"] * flops[r["dataset"]] / 1e12

@@ -34,8 +34,9 @@ from rawdrift.camera import Camera
 from rawdrift.errors import RawdriftError
 from rawdrift.kernels import gaussian_1d
 from rawdrift.isp.constraints import constrain, optimiser_groups
-from rawdrift.isp.differentiable import PARAMETER_GROUPS, ParametrizedISP
+from rawdrift.isp.differentiable import PARAMETER_GROUPS, ParametrizedISP, compiled_process, process
 from rawdrift.tasks import METRIC, TaskConfig, in_batches, loss_fn, predict, score
+from rawdrift.training import compiled
 
 #: What can be searched: every group together, or one group alone.
 SEARCHES: tuple[str, ...] = ("all",) + PARAMETER_GROUPS
@@ -132,7 +133,8 @@ def _freeze(model: nn.Module) -> nn.Module:
 
 
 def adversarial_search(model: nn.Module, cfg: TaskConfig, camera: Camera, raw: torch.Tensor, target: torch.Tensor,
-                       settings: SearchSettings, seed: int = 0, amp: bool = False) -> ParametrizedISP:
+                       settings: SearchSettings, seed: int = 0, amp: bool = False,
+                       compile_mode: str = "none") -> ParametrizedISP:
     """Search the ISP parameters that hurt a frozen ``model`` most under the regulariser (eq. 9).
 
     Args:
@@ -144,16 +146,21 @@ def adversarial_search(model: nn.Module, cfg: TaskConfig, camera: Camera, raw: t
         settings: lambda, group, epochs, lr, batch size, regulariser.
         seed: tile-order seed (one Adam step per ``batch_size`` tiles, reshuffled per epoch).
         amp: bf16 autocast for the task model (the ISP always runs in float32).
+        compile_mode: the ``compile`` param: ``none`` runs the search step eager; otherwise the
+            frozen model's pass (forward and the backward to its input) runs through
+            :func:`rawdrift.training.compiled` in this mode (``reduce-overhead``: CUDA graphs on
+            a GPU) and the ISP through :func:`~rawdrift.isp.differentiable.compiled_process`
+            (fused kernels). Results agree with eager ones within float tolerance, not bit for bit.
 
     Returns:
         the searched, constrained ISP (``to_dict()`` gives its parameters).
     """
-    return adversarial_searches(model, cfg, camera, raw, target, [settings], [seed], amp)[0]
+    return adversarial_searches(model, cfg, camera, raw, target, [settings], [seed], amp, compile_mode)[0]
 
 
 def adversarial_searches(model: nn.Module, cfg: TaskConfig, camera: Camera, raw: torch.Tensor,
                          target: torch.Tensor, settings: list[SearchSettings], seeds: list[int],
-                         amp: bool = False) -> list[ParametrizedISP]:
+                         amp: bool = False, compile_mode: str = "none") -> list[ParametrizedISP]:
     """Several independent searches stepped together: one task-model pass per step for all of them.
 
     Each search has its own ISP, tile order (its seed), lambda, group and loss; their objectives
@@ -161,16 +168,19 @@ def adversarial_searches(model: nn.Module, cfg: TaskConfig, camera: Camera, raw:
     samples do not interact; Adam is elementwise). A model pass over ``len(settings) x
     batch_size`` tiles is several times faster on a CPU than as many small passes. Every search
     must share ``epochs``, ``batch_size``, ``lr`` and ``regulariser``; see :func:`adversarial_search`.
+    ``raw`` is checked once (the reference views); the searches' steps run the functional ISP.
     """
     first = settings[0]
     if any((s.epochs, s.batch_size, s.lr, s.regulariser) != (first.epochs, first.batch_size, first.lr,
                                                                first.regulariser) for s in settings):
         raise RawdriftError("searches stepped together must share epochs, batch_size, lr and regulariser")
     device = raw.device
-    _freeze(model)
+    net = compiled(_freeze(model), compile_mode)
+    isp_process = process if compile_mode == "none" else compiled_process()
     reference = ParametrizedISP(camera).to(device)
     with torch.no_grad():
         v_ref_all = reference(raw)
+    raw = raw.to(reference.gamma.dtype)
     isps, groups = [], []
     for s in settings:
         isp = constrain(ParametrizedISP(camera)).to(device)
@@ -185,9 +195,9 @@ def adversarial_searches(model: nn.Module, cfg: TaskConfig, camera: Camera, raw:
         for i in range(0, n - bs + 1, bs):     # full batches only: every step weighs the same
             idx = [order[i:i + bs] for order in orders]
             with parametrize.cached():
-                views = [isp(raw[ix]) for isp, ix in zip(isps, idx)]
+                views = [isp_process(raw[ix], *isp.group_values()) for isp, ix in zip(isps, idx)]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(torch.cat(views).contiguous(memory_format=torch.channels_last))
+                logits = net(torch.cat(views).contiguous(memory_format=torch.channels_last))
             objective = 0.0
             for k, (s, v, ix) in enumerate(zip(settings, views, idx)):
                 task_loss = loss_fn(cfg, logits[k * bs:(k + 1) * bs], target[ix])
@@ -262,7 +272,8 @@ def lambda_key(lam: float) -> str:
 
 def forensics_sweep(load_model, cfg: TaskConfig, camera: Camera, raw: torch.Tensor, target: torch.Tensor,
                     folds: np.ndarray, lambdas, groups, settings: SearchSettings, search_tiles: int = 0,
-                    seed: int = 0, amp: bool = False, progress: bool = True, max_batch: int = 64) -> dict:
+                    seed: int = 0, amp: bool = False, progress: bool = True, max_batch: int = 64,
+                    compile_mode: str = "none") -> dict:
     """Every (group, lambda, fold) search, evaluated on the fold's held-out tiles.
 
     Args:
@@ -279,6 +290,8 @@ def forensics_sweep(load_model, cfg: TaskConfig, camera: Camera, raw: torch.Tens
             not the same floats: a convolution sums in another order at another batch size
             (ResNet18 logits differ by about 4e-7), and Adam's normalised steps amplify such
             differences where a gradient is near zero, so the results depend on it.
+        compile_mode: the search steps eager or compiled (:func:`adversarial_search`); the
+            evaluations run eager.
 
     Returns:
         the ``metrics/forensics/<dataset>.json`` dict: metric, lambdas, groups, settings, clean
@@ -316,7 +329,7 @@ def forensics_sweep(load_model, cfg: TaskConfig, camera: Camera, raw: torch.Tens
                 model, cfg, camera, raw[tr], target[tr],
                 [SearchSettings(lam=lam, group=g, epochs=settings.epochs, lr=settings.lr,
                                 batch_size=settings.batch_size, regulariser=settings.regulariser) for g, lam in chunk],
-                [search_seed(seed, g, lam, k) for g, lam in chunk], amp)
+                [search_seed(seed, g, lam, k) for g, lam in chunk], amp, compile_mode)
             for (g, lam), isp in zip(chunk, searched):
                 ev = evaluate_isp(model, cfg.task, isp, ref_test, raw[test_idx], target[test_idx], amp=amp)
                 params = isp.to_dict()

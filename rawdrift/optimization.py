@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rawdrift.camera import BAYER_SITES, Camera
+from rawdrift.camera import BAYER_SITES, Camera, check_raw
 from rawdrift.errors import RawdriftError
 from rawdrift.isp.constraints import constrain, optimiser_groups
 from rawdrift.isp.differentiable import ParametrizedISP, check_raw_batch
@@ -62,11 +62,12 @@ class PackRaw(nn.Module):
 def make_front(mode: str, camera: Camera) -> nn.Module:
     """What turns raw (B, H, W) into the task model's input in ``mode``.
 
-    learned: a constrained ParametrizedISP with every group trainable; frozen: a
-    ParametrizedISP without gradients; raw: :class:`PackRaw`.
+    learned: a constrained ParametrizedISP with every group trainable, run on tiles checked once
+    (by :func:`train_jointly`; no check, no host sync, per step); frozen: a ParametrizedISP without
+    gradients; raw: :class:`PackRaw`.
     """
     if mode == "learned":
-        return constrain(ParametrizedISP(camera))
+        return constrain(ParametrizedISP(camera, check_inputs=False))
     if mode == "frozen":
         return ParametrizedISP(camera).requires_grad_(False)
     if mode == "raw":
@@ -151,6 +152,7 @@ def train_jointly(cfg: TaskConfig, mode: str, raw: torch.Tensor, targets: torch.
         one :class:`JointFold` per fold, in fold order.
     """
     _check_mode(mode)
+    check_raw(raw, "raw tiles", batched=True)      # once: the learned ISP runs unchecked per step
     results = train_setting(cfg, raw, targets, folds, seed, device, front=joint_front(mode, camera, isp_lr),
                             eval_every=eval_every, amp=amp, progress=progress, desc=desc, compile_mode=compile_mode)
     return [_joint_fold(mode, intensity, r) for r in results]
@@ -174,8 +176,9 @@ def train_settings_concurrently(cfg: TaskConfig, settings: list[tuple[str, float
     Returns:
         per setting, in ``settings`` order, one :class:`JointFold` per fold in fold order.
     """
-    for mode, _, _ in settings:
+    for mode, _, raw in settings:
         _check_mode(mode)
+        check_raw(raw, "raw tiles", batched=True)
     done = train_settings_in_processes(cfg, [(raw, joint_front(mode, camera, isp_lr)) for mode, _, raw in settings],
                                        targets, folds, seed, device, eval_every=eval_every, amp=amp,
                                        processes=processes, threads=threads, keep_models=False,

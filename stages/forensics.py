@@ -39,7 +39,7 @@ def main(argv: list[str]) -> str:
     fp = P.forensics_params(params, SEARCHES, REGULARISERS)
     seed = P.seed(params)
     with P.sourced():             # the values are checked there; params.yaml is where they came from
-        platform = stage_platform(*P.platform_values(params))
+        platform = stage_platform(*P.platform_values(params), compile=P.compile_value(params))
     device, amp = platform.device, platform.amp
     ds = load_raw_dataset(Path("data/raw") / dataset)
     model_dir = Path("models") / dataset / VIEW
@@ -52,7 +52,7 @@ def main(argv: list[str]) -> str:
     torch.manual_seed(seed)
     result = forensics_sweep(lambda k: load_fold_model(model_dir, k, device), cfg, ds.camera, raw, targets, ds.folds,
                              fp.lambdas, fp.groups, settings, search_tiles=fp.search_tiles, seed=seed, amp=amp,
-                             max_batch=fp.max_batch)
+                             max_batch=fp.max_batch, compile_mode=platform.compile)
     signature = forensic_signature(result, fp.tolerance)
     out = Path("metrics/forensics")
     write_json(out / f"{dataset}.json", result | {"platform": platform.record()})

@@ -8,8 +8,8 @@ import torch
 import yaml
 
 from rawdrift.bench import (PAPER_PROTOCOL, PAPER_TILE, PAPER_TILES, bench_concurrent, bench_corruptions, bench_determinism,
-                            bench_inference, bench_joint_step, bench_saturation, bench_step_modes, bench_task, floor_rates,
-                            main, project_paper, training_flops)
+                            bench_inference, bench_joint_step, bench_saturation, bench_search, bench_step_modes, bench_task,
+                            floor_rates, main, project_paper, training_flops)
 from rawdrift.corruptions import CORRUPTIONS
 from rawdrift.errors import ParamError
 from rawdrift.profiles import load_profile
@@ -115,6 +115,22 @@ def test_joint_step_bench_runs_the_task_model_in_the_compile_mode_asked(monkeypa
     monkeypatch.undo()
     with pytest.raises(ParamError, match="compile_mode"):
         bench_joint_step("microscopy", {"classes": 3}, size=16, batch=4, device=CPU, compile_mode="fast")
+
+
+def test_search_bench_runs_forensics_searches_in_the_compile_mode_asked(monkeypatch):
+    """bench_search times rawdrift.forensics.adversarial_searches itself: the searches stepped
+    together, each of ``batch`` tiles, the task model in the compile mode asked."""
+    import rawdrift.forensics as Fo
+    seen = []
+    real = Fo.adversarial_searches
+
+    def spy(model, cfg, camera, raw, target, settings, seeds, amp, compile_mode):
+        seen.append((len(settings), {s.batch_size for s in settings}, raw.shape[0], compile_mode))
+        return real(model, cfg, camera, raw, target, settings, seeds, amp, "none")
+    monkeypatch.setattr(Fo, "adversarial_searches", spy)
+    assert bench_search("microscopy", {"classes": 3}, size=16, batch=4, searches=3, device=CPU, windows=1,
+                        steps=2, compile_mode="reduce-overhead") > 0
+    assert seen == [(3, {4}, 8, "reduce-overhead")] * 2          # the compiling call, one timed window
 
 
 def test_concurrent_bench_counts_every_process():

@@ -67,6 +67,19 @@ def test_learned_moves_the_data_model_within_its_constraints(toy):
         assert f.isp["gamma"][0] > 0 and all(0 <= b <= 1 for b in f.isp["black_level"])
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_raw_tiles_are_checked_once_before_any_step(toy, mode):
+    """The learned ISP runs unchecked in the training loop (no host sync per step); out-of-range
+    tiles are refused up front, for every mode, with a one-line error."""
+    camera, raw, labels, folds, cfg = toy
+    assert make_front("learned", camera).check_inputs is False
+    assert ParametrizedISP(camera, check_inputs=False)(raw[:2] + 2.0).shape == (2, 3, 16, 16)    # trusts its input
+    bad = raw.clone()
+    bad[3, 0, 0] = 1.5
+    with pytest.raises(RawdriftError, match=r"^raw tiles: values must lie in \[0, 1\], got \[.*, 1\.5\]$"):
+        train_jointly(cfg, mode, bad, labels, folds, camera, seed=3, device=CPU, progress=False)
+
+
 def test_frozen_keeps_the_initial_data_model_and_matches_drift_synthesis_training(toy):
     """Frozen = the task model of train_folds on view bi_s_ga: same seeds, batches, augmentation."""
     camera, raw, labels, folds, cfg = toy
