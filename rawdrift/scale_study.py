@@ -283,6 +283,7 @@ def scale_figure(results: list[dict], out) -> None:
     from rawdrift.io import save_figure
     datasets = [d for d in PAPER if any(r["dataset"] == d for r in results)]
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 4.0), squeeze=False)
+    axes_labels = []
     for ax, d in zip(axes[0], datasets):
         paper = PAPER[d]
         rows = sorted((r for r in results if r["dataset"] == d), key=lambda r: r["pixel"])
@@ -292,14 +293,17 @@ def scale_figure(results: list[dict], out) -> None:
         ax.plot(x, [r["corruption_drop"] for r in series], "s-", color="C3", label="corruption drop (severity 3)")
         ax.plot([1], [paper["drop"]], "*", ms=14, color="C0", mec="k", label="study: view drop")
         ax.plot([1], [paper["corruption_drop"]], "*", ms=14, color="C3", mec="k", label="study: corruption drop")
+        labels = []
         for r in rows:
             if r.get("ablation"):
                 xr = r["pixel"] / paper["pixel"]
                 ax.plot([xr], [r["drop"]], "o", color="C1", mfc="none")
-                ax.annotate(r["label"], (xr, r["drop"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+                labels.append(ax.annotate(r["label"], (xr, r["drop"]), fontsize=7, xytext=(4, 2),
+                                          textcoords="offset points"))
         for r in series:
-            ax.annotate(f"{r['tile']} px", (r["pixel"] / paper["pixel"], r["drop"]), fontsize=7,
-                        xytext=(-8, -12), textcoords="offset points")
+            labels.append(ax.annotate(f"{r['tile']} px", (r["pixel"] / paper["pixel"], r["drop"]), fontsize=7,
+                                      xytext=(-8, -12), textcoords="offset points"))
+        axes_labels.append(labels)
         ax.set_xscale("log", base=2)
         ax.set_xlabel(f"pixel / study's pixel ({paper['pixel']} {paper['unit']})")
         ax.set_ylabel("drop in " + ("accuracy" if d == "microscopy" else "IoU"))
@@ -308,5 +312,30 @@ def scale_figure(results: list[dict], out) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
+    for labels in axes_labels:
+        separate_labels(labels)
     save_figure(fig, out, dpi=90)
     plt.close(fig)
+
+
+def separate_labels(labels: list, pad_px: float = 1.0) -> None:
+    """Move annotations (text placed in ``offset points``) up until none overlaps another.
+
+    From the lowest up, each label clears, by ``pad_px`` display pixels, every label placed
+    before it; the lowest keeps its place. Labels only move up, so the loop ends.
+    """
+    if not labels:
+        return
+    fig = labels[0].figure
+    renderer = fig.canvas.get_renderer()
+    points_per_px = 72.0 / fig.dpi
+    placed = []
+    for text in sorted(labels, key=lambda t: t.get_window_extent(renderer).y0):
+        box = text.get_window_extent(renderer)
+        clash = next((b for b in placed if box.overlaps(b)), None)
+        while clash is not None:
+            dx, dy = text.xyann
+            text.xyann = (dx, dy + (clash.y1 - box.y0 + pad_px) * points_per_px)
+            box = text.get_window_extent(renderer)
+            clash = next((b for b in placed if box.overlaps(b)), None)
+        placed.append(box)

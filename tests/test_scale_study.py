@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rawdrift.errors import RawdriftError
-from rawdrift.scale_study import StudyPoint, check_point, run_point, scale_figure, summarise
+from rawdrift.scale_study import StudyPoint, check_point, run_point, scale_figure, separate_labels, summarise
 from rawdrift.tasks import TaskConfig
 
 
@@ -100,6 +100,31 @@ def test_tiny_point_end_to_end(tmp_path):
     assert again["nyquist"] == r["nyquist"]
     scale_figure([r, {**r, "tile": 64, "pixel": 0.65, "label": "x", "ablation": True}], tmp_path / "s.png")
     assert (tmp_path / "s.png").stat().st_size > 10_000
+
+
+def test_labels_on_one_spot_are_stacked_without_overlap():
+    """Four labels at one point and one far away: afterwards no two overlap, the lowest and the
+    lone one stay where they were, the others only moved up."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(3, 3))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    texts = [ax.annotate(t, (0.3, 0.3 + 0.001 * i), xytext=(4, 2), textcoords="offset points", fontsize=7)
+             for i, t in enumerate(["EfficientNet scratch", "96 px", "128 px", "a"])]
+    lone = ax.annotate("far", (0.9, 0.9), xytext=(4, 2), textcoords="offset points", fontsize=7)
+    renderer = fig.canvas.get_renderer()
+    before = [t.get_window_extent(renderer) for t in texts + [lone]]
+    assert before[0].overlaps(before[1])
+    separate_labels(texts + [lone])
+    after = [t.get_window_extent(renderer) for t in texts + [lone]]
+    for i in range(len(after)):
+        for j in range(i):
+            assert not after[i].overlaps(after[j]), (i, j)
+    assert after[0].y0 == pytest.approx(before[0].y0) and after[-1].y0 == pytest.approx(before[-1].y0)
+    assert all(a.y0 >= b.y0 - 1e-9 and a.x0 == pytest.approx(b.x0) for a, b in zip(after, before))
+    plt.close(fig)
 
 
 def test_nyquist_amplitude_measures_the_two_pixel_pattern():
