@@ -194,13 +194,15 @@ def bench_joint_step(dataset: str, cfg_values: dict, size: int, batch: int, devi
 
 
 def bench_search(dataset: str, cfg_values: dict, size: int, batch: int, searches: int, device: torch.device,
-                 windows: int = 3, steps: int = 3, amp: bool | None = None, compile_mode: str = "none") -> float:
+                 windows: int = 3, steps: int = 3, epochs: int = 5, amp: bool | None = None,
+                 compile_mode: str = "none") -> float:
     """Images/s of forensics' search step as the stage runs it: ``searches`` searches of
     ``batch`` tiles a step, stepped together through :func:`rawdrift.forensics.adversarial_searches`
     (the frozen task model's forward and backward to its input, the constrained ISPs, Adam on
     their parameters), ``compile_mode`` as the ``compile`` param sets it there. Each timed call
-    is one epoch of ``steps`` steps over random raw tiles, its set-up (the reference views, the
-    ISPs) included; a first, untimed call compiles."""
+    runs ``epochs`` epochs of ``steps`` steps over random raw tiles, its set-up (the reference
+    views, the ISPs, one raw check) included, as the stage pays it once per call (over 20
+    epochs there); a first, untimed call of one epoch compiles."""
     from rawdrift.camera import CAMERAS
     from rawdrift.forensics import SearchSettings, adversarial_searches
     cfg = task_config(dataset, dict(cfg_values))
@@ -210,11 +212,13 @@ def bench_search(dataset: str, cfg_values: dict, size: int, batch: int, searches
     model = TaskModel(cfg).to(device, memory_format=torch.channels_last)
     raw = torch.rand(batch * steps, size, size, device=device, generator=gen) * 0.5 + 0.07
     _, y = _random_data(cfg, batch * steps, size, device, gen)
-    settings = [SearchSettings(lam=10.0 ** -k, group="all", epochs=1, batch_size=batch) for k in range(searches)]
 
-    def epoch():
+    def search(n_epochs: int) -> None:
+        settings = [SearchSettings(lam=10.0 ** -k, group="all", epochs=n_epochs, batch_size=batch)
+                    for k in range(searches)]
         adversarial_searches(model, cfg, CAMERAS[dataset], raw, y, settings, list(range(searches)), amp, compile_mode)
-    return searches * batch * steps * _steps_per_second(epoch, device, 1, windows, 1)
+    search(1)
+    return searches * batch * steps * epochs * _steps_per_second(lambda: search(epochs), device, 0, windows, 1)
 
 
 def _concurrent_worker(dataset: str, cfg_values: dict, size: int, batch: int, device: str, amp: bool,

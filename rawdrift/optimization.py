@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rawdrift.camera import BAYER_SITES, Camera, check_raw
+from rawdrift.camera import BAYER_SITES, Camera
 from rawdrift.errors import RawdriftError
 from rawdrift.isp.constraints import constrain, optimiser_groups
 from rawdrift.isp.differentiable import ParametrizedISP, check_raw_batch
@@ -152,7 +152,7 @@ def train_jointly(cfg: TaskConfig, mode: str, raw: torch.Tensor, targets: torch.
         one :class:`JointFold` per fold, in fold order.
     """
     _check_mode(mode)
-    check_raw(raw, "raw tiles", batched=True)      # once: the learned ISP runs unchecked per step
+    check_raw_batch(raw, "raw tiles")      # once: the learned ISP runs unchecked per step
     results = train_setting(cfg, raw, targets, folds, seed, device, front=joint_front(mode, camera, isp_lr),
                             eval_every=eval_every, amp=amp, progress=progress, desc=desc, compile_mode=compile_mode)
     return [_joint_fold(mode, intensity, r) for r in results]
@@ -178,7 +178,7 @@ def train_settings_concurrently(cfg: TaskConfig, settings: list[tuple[str, float
     """
     for mode, _, raw in settings:
         _check_mode(mode)
-        check_raw(raw, "raw tiles", batched=True)
+        check_raw_batch(raw, "raw tiles")
     done = train_settings_in_processes(cfg, [(raw, joint_front(mode, camera, isp_lr)) for mode, _, raw in settings],
                                        targets, folds, seed, device, eval_every=eval_every, amp=amp,
                                        processes=processes, threads=threads, keep_models=False,

@@ -167,8 +167,9 @@ def platform_values(params: dict, source: str = "params.yaml") -> tuple[Any, Any
 
 
 def compile_value(params: dict, source: str = "params.yaml") -> Any:
-    """The ``compile`` param as written, for the stages that train (train, optimize), which pass
-    it to ``rawdrift.runtime.stage_platform`` (called inside :func:`sourced`), which checks it."""
+    """The ``compile`` param as written, for the stages that train or search (train, optimize,
+    forensics), which pass it to ``rawdrift.runtime.stage_platform`` (called inside
+    :func:`sourced`), which checks it."""
     return get(params, "compile", source)
 
 

@@ -30,7 +30,8 @@ from rawdrift.errors import ParamError
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 #: The ``compile`` param: how the task model's training step runs, eager (``none``) or through
-#: ``torch.compile`` in that mode (``reduce-overhead``: CUDA graphs on a GPU); train and optimize only.
+#: ``torch.compile`` in that mode (``reduce-overhead``: CUDA graphs on a GPU); train, optimize and
+#: forensics' search step only.
 COMPILE_MODES = ("none", "default", "reduce-overhead")
 
 
@@ -145,7 +146,7 @@ class Platform:
 
 def stage_platform(device: str, precision: str, deterministic: bool, compile: str = "none") -> Platform:
     """The ``device``, ``precision`` and ``deterministic`` param values of a stage (and, for the
-    stages that train, ``compile``) -> its :class:`Platform`, with the CUDA backends configured
+    stages that train or search, ``compile``) -> its :class:`Platform`, with the CUDA backends configured
     (:func:`configure_backends`). ``device: auto`` is refused (:func:`resolve_device`); errors are
     :class:`ParamError` naming the param."""
     checks.flag("deterministic", deterministic)

@@ -125,12 +125,13 @@ def test_search_bench_runs_forensics_searches_in_the_compile_mode_asked(monkeypa
     real = Fo.adversarial_searches
 
     def spy(model, cfg, camera, raw, target, settings, seeds, amp, compile_mode):
-        seen.append((len(settings), {s.batch_size for s in settings}, raw.shape[0], compile_mode))
+        seen.append((len(settings), {s.batch_size for s in settings}, raw.shape[0], settings[0].epochs, compile_mode))
         return real(model, cfg, camera, raw, target, settings, seeds, amp, "none")
     monkeypatch.setattr(Fo, "adversarial_searches", spy)
     assert bench_search("microscopy", {"classes": 3}, size=16, batch=4, searches=3, device=CPU, windows=1,
-                        steps=2, compile_mode="reduce-overhead") > 0
-    assert seen == [(3, {4}, 8, "reduce-overhead")] * 2          # the compiling call, one timed window
+                        steps=2, epochs=2, compile_mode="reduce-overhead") > 0
+    # the compiling call (one epoch), one timed window (two epochs)
+    assert seen == [(3, {4}, 8, 1, "reduce-overhead"), (3, {4}, 8, 2, "reduce-overhead")]
 
 
 def test_concurrent_bench_counts_every_process():

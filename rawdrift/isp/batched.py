@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from rawdrift.camera import Camera
-from rawdrift.isp.differentiable import (K_BILINEAR_G, K_BILINEAR_RB, bayer_masks_numpy, black_level_correct,
+from rawdrift.isp.differentiable import (K_BILINEAR_G, K_BILINEAR_RB, bayer_masks, black_level_correct,
                                          check_raw_batch, colour_transform, demosaic_conv, device_constant,
                                          gaussian_kernel_2d, pad_symmetric)
 from rawdrift.isp.static import GAMMA, GAUSSIAN_SIGMA, K_SHARP, UNSHARP_AMOUNT, UNSHARP_RADIUS, parse_view
@@ -86,7 +86,8 @@ def _conv2d(x: torch.Tensor, kernel, pad: str) -> torch.Tensor:
 
 
 def _masks(h: int, w: int, like: torch.Tensor):
-    m = device_constant(lambda: bayer_masks_numpy(h, w), torch.bool, like.device, key=("bayer", h, w))
+    m = device_constant(lambda: bayer_masks(h, w, like.device, torch.bool), torch.bool, like.device,
+                        key=("bayer", h, w))
     return m[0], m[1], m[2]
 
 

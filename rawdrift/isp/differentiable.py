@@ -42,6 +42,11 @@ from rawdrift.isp.static import GAMMA, GAUSSIAN_SIGMA, K_SHARP
 K_BILINEAR_RB = np.array([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 4.0
 K_BILINEAR_G = np.array([[0.0, 1.0, 0.0], [1.0, 4.0, 1.0], [0.0, 1.0, 0.0]]) / 4.0
 
+#: scikit-image's RGB <-> YUV matrices as nested lists (the values of ``yuv_from_rgb`` and
+#: ``rgb_from_yuv``): a list is a constant of a ``torch.compile`` graph, an array an input.
+YUV_FROM_RGB: list[list[float]] = yuv_from_rgb.tolist()
+RGB_FROM_YUV: list[list[float]] = rgb_from_yuv.tolist()
+
 #: Below this value the gamma gradient is taken at GAMMA_GRAD_FLOOR (see ClippedGamma).
 GAMMA_GRAD_FLOOR: float = 1e-5
 
@@ -56,22 +61,26 @@ _MAX_CONSTANTS = 512
 
 
 def device_constant(values, dtype: torch.dtype, device, key=None) -> torch.Tensor:
-    """``values`` (a numpy array, nested lists or a tensor) as a tensor of ``dtype`` on
-    ``device``, made once and then served from a cache: the colour matrices, border index
-    vectors, Bayer masks and kernels of the ISPs would otherwise be copied from host memory on
-    every forward pass (a blocking transfer each on a GPU). ``values`` may also be a function
-    making the array, with ``key`` (hashable) naming it: then the array is made only when the
-    cache misses.
+    """``values`` (a numpy array or nested lists) as a tensor of ``dtype`` on ``device``, made
+    once and then served from a cache: the colour matrices, border index vectors, Bayer masks
+    and kernels of the ISPs would otherwise be copied from host memory on every forward pass
+    (a blocking transfer each on a GPU). ``values`` may also be a function making the array
+    (or a tensor), with ``key`` (hashable) naming it: then it is made only when the cache
+    misses.
 
     The tensor equals ``torch.as_tensor(values, dtype=dtype, device=device)`` bit for bit. It
     is made outside inference mode, so a constant first needed under ``torch.inference_mode()``
     can later be saved for a backward pass. Read-only by contract: never modified in place.
     Under ``torch.compile`` the constant is made in the traced graph instead (no cache, no
-    graph break), so a function of ``values`` that ``torch.compile`` traces must build it with
-    torch operations (as :func:`symmetric_index` and :func:`bayer_masks` do).
+    graph break): a function must then build it with torch operations (as
+    :func:`symmetric_index` and :func:`bayer_masks` do) and an array be given as nested lists,
+    which inductor stores once with the compiled code (a numpy array would become an input of
+    the graph, copied to the device on every call).
     """
     if torch.compiler.is_compiling():
-        return _as_tensor(values() if callable(values) else values, dtype, device)
+        v = values() if callable(values) else values
+        return v.to(dtype=dtype, device=device) if isinstance(v, torch.Tensor) else torch.tensor(
+            v, dtype=dtype, device=device)
     if key is None:
         a = np.ascontiguousarray(values)
         key = (a.dtype.str, a.shape, a.tobytes())
@@ -182,17 +191,9 @@ def black_level_correct(raw: torch.Tensor, black_level: torch.Tensor) -> torch.T
     return raw - tile
 
 
-def bayer_masks_numpy(h: int, w: int) -> np.ndarray:
-    """RGGB masks (3, H, W) as float64 numpy: 1 where the mosaic samples R, G, B respectively."""
-    m = np.zeros((3, h, w))
-    for (r, c), ch in zip(BAYER_SITES, BAYER_CHANNELS):
-        m[ch, r::2, c::2] = 1
-    return m
-
-
 def bayer_masks(h: int, w: int, device=None, dtype=None) -> torch.Tensor:
-    """RGGB masks (3, H, W): 1 where the mosaic samples R, G, B respectively (a new tensor,
-    made with torch operations: :func:`bayer_masks_numpy`'s values)."""
+    """RGGB masks (3, H, W): 1 where the mosaic samples R, G, B respectively (a new tensor, made
+    with torch operations, so that it can be traced by ``torch.compile``)."""
     m = torch.zeros(3, h, w, dtype=dtype or torch.get_default_dtype(), device=device)
     for (r, c), ch in zip(BAYER_SITES, BAYER_CHANNELS):
         m[ch, r::2, c::2] = 1
@@ -231,8 +232,8 @@ def process(raw: torch.Tensor, black_level: torch.Tensor, demosaic: torch.Tensor
         (B, 3, H, W) in [0, 1].
     """
     v = demosaic_conv(black_level_correct(raw, black_level), demosaic)
-    yuv_m = device_constant(yuv_from_rgb, v.dtype, v.device)
-    rgb_m = device_constant(rgb_from_yuv, v.dtype, v.device)
+    yuv_m = device_constant(YUV_FROM_RGB, v.dtype, v.device)
+    rgb_m = device_constant(RGB_FROM_YUV, v.dtype, v.device)
     # white balance, colour matrix and RGB -> YUV are per-pixel linear maps: applied as their
     # 3x3 product in one pass over the image (equal to applying them in turn, to rounding)
     yuv = colour_transform(v, yuv_m @ colour_matrix @ torch.diag(white_balance))
@@ -246,18 +247,29 @@ def process(raw: torch.Tensor, black_level: torch.Tensor, demosaic: torch.Tensor
 def compiled_process() -> Callable[..., torch.Tensor]:
     """:func:`process` through ``torch.compile`` (inductor's default mode, static shapes): the
     ISP's elementwise steps fused around its convolutions, forward and backward, for loops that
-    run it over and over at one shape (forensics' searches). One graph, no graph break; made
-    once per process; on the CPU it agrees with :func:`process` to about 1e-7 (fused kernels
-    round differently). Takes checked inputs: :func:`check_raw_batch` is the caller's."""
-    return torch.compile(process, dynamic=False)
+    run it over and over at one shape (forensics' searches). One graph, no graph break, its
+    constants stored with the compiled code; made once per process. Under autograd every group
+    value enters requiring a gradient, so that searches of different groups (the others frozen)
+    share one graph rather than compiling one each; the gradients of frozen groups are computed
+    and dropped. On the CPU it agrees with :func:`process` to 1e-5 (forward) and about 1e-4
+    relative (gradients): fused kernels round differently. Takes checked inputs:
+    :func:`check_raw_batch` is the caller's."""
+    fn = torch.compile(process, dynamic=False)
+
+    def run(raw: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            values = tuple(v if v.requires_grad else v.detach().requires_grad_() for v in values)
+        return fn(raw, *values)
+    return run
 
 
-def check_raw_batch(raw: torch.Tensor) -> None:
+def check_raw_batch(raw: torch.Tensor, where: str = "raw") -> None:
     """Boundary checks for :func:`process`: a torch (B, H, W) batch under the rules of
-    :func:`rawdrift.camera.check_raw` (floating, even sides, finite, inside [0, 1])."""
+    :func:`rawdrift.camera.check_raw` (floating, even sides, finite, inside [0, 1]); ``where``
+    names it in errors. One host sync on a GPU."""
     if not isinstance(raw, torch.Tensor):
-        raise RawdriftError(f"raw: expected a torch.Tensor, got {type(raw).__name__}")
-    check_raw(raw, "raw", batched=True)
+        raise RawdriftError(f"{where}: expected a torch.Tensor, got {type(raw).__name__}")
+    check_raw(raw, where, batched=True)
 
 
 class ParametrizedISP(nn.Module):

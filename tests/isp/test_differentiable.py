@@ -8,8 +8,8 @@ from helpers import photo_raw
 from rawdrift.camera import CAMERAS
 from rawdrift.errors import RawdriftError
 from rawdrift.isp import PARAMETER_GROUPS, ParametrizedISP, render_static
-from rawdrift.isp.differentiable import (bayer_masks, bayer_masks_numpy, clipped_gamma, compiled_process,
-                                         gaussian_kernel_2d, pad_symmetric, process, symmetric_index)
+from rawdrift.isp.differentiable import (bayer_masks, clipped_gamma, compiled_process, gaussian_kernel_2d,
+                                         pad_symmetric, process, symmetric_index)
 
 
 def test_gaussian_kernel_matches_facts():
@@ -30,7 +30,9 @@ def test_constants_made_with_torch_equal_the_numpy_ones():
         for pad in (1, 2, 4):
             np.testing.assert_array_equal(symmetric_index(n, pad, "cpu").numpy(),
                                           np.pad(np.arange(n), pad, mode="symmetric"), err_msg=f"{n} {pad}")
-    np.testing.assert_array_equal(bayer_masks(6, 8, dtype=torch.float64).numpy(), bayer_masks_numpy(6, 8))
+    rggb = np.zeros((3, 6, 8))
+    rggb[0, 0::2, 0::2] = rggb[1, 0::2, 1::2] = rggb[1, 1::2, 0::2] = rggb[2, 1::2, 1::2] = 1
+    np.testing.assert_array_equal(bayer_masks(6, 8, dtype=torch.float64).numpy(), rggb)
 
 
 def test_process_traces_as_one_graph_and_compiled_agrees_with_eager(camera):
@@ -50,6 +52,29 @@ def test_process_traces_as_one_graph_and_compiled_agrees_with_eager(camera):
     assert o1.shape == (3, 3, 32, 48) and float((o1 - o0).abs().max()) < 1e-5
     for name, a, b in zip(PARAMETER_GROUPS, g0, g1):
         assert float((b - a).norm() / a.norm()) < 1e-4, name
+
+
+def test_compiled_graph_takes_only_raw_and_the_groups_and_serves_every_frozen_subset():
+    """The ISP's constants are part of the compiled code, not inputs copied to the device on
+    every call: the traced graph's inputs are raw and the 7 groups. Searches of one group (the
+    others frozen) and of all share one compiled graph."""
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(sum(node.op == "placeholder" for node in gm.graph.nodes))
+        return gm.forward
+    raw = torch.rand(2, 12, 20) * 0.5 + 0.07              # a shape no other test compiles
+    isp = ParametrizedISP(CAMERAS["drone"])
+    torch.compile(process, backend=capture, dynamic=False)(raw, *isp.group_values())
+    assert graphs == [8]
+    run = compiled_process()
+    torch._dynamo.utils.counters.clear()
+    for searched in (PARAMETER_GROUPS, ("gamma",), ("demosaic",)):
+        values = [v.detach().requires_grad_(g in searched) for g, v in zip(PARAMETER_GROUPS, isp.group_values())]
+        out = run(raw, *values)
+        grads = torch.autograd.grad(out.sum(), [v for v in values if v.requires_grad])
+        assert len(grads) == len(searched) and all(torch.isfinite(g).all() for g in grads)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
 @pytest.mark.parametrize("photo", ["astronaut", "coffee"])
