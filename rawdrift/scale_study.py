@@ -332,10 +332,8 @@ def separate_labels(labels: list, pad_px: float = 1.0) -> None:
     placed = []
     for text in sorted(labels, key=lambda t: t.get_window_extent(renderer).y0):
         box = text.get_window_extent(renderer)
-        clash = next((b for b in placed if box.overlaps(b)), None)
-        while clash is not None:
+        while (clash := next((b for b in placed if box.overlaps(b)), None)) is not None:
             dx, dy = text.xyann
             text.xyann = (dx, dy + (clash.y1 - box.y0 + pad_px) * points_per_px)
             box = text.get_window_extent(renderer)
-            clash = next((b for b in placed if box.overlaps(b)), None)
         placed.append(box)

@@ -78,9 +78,7 @@ def device_constant(values, dtype: torch.dtype, device, key=None) -> torch.Tenso
     the graph, copied to the device on every call).
     """
     if torch.compiler.is_compiling():
-        v = values() if callable(values) else values
-        return v.to(dtype=dtype, device=device) if isinstance(v, torch.Tensor) else torch.tensor(
-            v, dtype=dtype, device=device)
+        return _as_tensor(values() if callable(values) else values, dtype, device)
     if key is None:
         a = np.ascontiguousarray(values)
         key = (a.dtype.str, a.shape, a.tobytes())
@@ -96,8 +94,12 @@ def device_constant(values, dtype: torch.dtype, device, key=None) -> torch.Tenso
 
 
 def _as_tensor(values, dtype: torch.dtype, device) -> torch.Tensor:
+    """``values`` as a tensor of ``dtype`` on ``device``: a tensor moved, nested lists through
+    ``torch.tensor`` (a constant of a compiled graph), an array of any strides copied."""
     if isinstance(values, torch.Tensor):
         return values.to(dtype=dtype, device=device)
+    if isinstance(values, list):
+        return torch.tensor(values, dtype=dtype, device=device)
     return torch.as_tensor(np.ascontiguousarray(values), dtype=dtype, device=device)
 
 
