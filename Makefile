@@ -68,11 +68,15 @@ repro-paper: $(STAMP)
 scale-study: $(STAMP)
 	$(BIN)/dvc repro studies/scale/dvc.yaml
 
+# Test files spread over one pytest-xdist worker per core (a file's tests stay together, so a
+# module's fixtures are built once); tests/conftest.py gives each worker its share of the cores.
+PYTEST := $(BIN)/python -m pytest -q -n auto --dist loadfile
+
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 test-all: $(TEST_STAMP)
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 # Training throughput vs the model-only ceiling on this machine's device -> bench/<device>.json
 bench: $(STAMP)

@@ -521,9 +521,10 @@ def _add_speedups(results: dict) -> None:
             r["speedup"] = r["images_per_s"] / base
 
 
-def bench_determinism(setups: dict, size: int, device: torch.device, amp: bool) -> dict:
-    """What the ``deterministic`` param costs: rawdrift's training step per dataset with the
-    backends as :func:`rawdrift.runtime.configure_backends` sets them for ``deterministic: false``
+def bench_determinism(setups: dict, size: int, device: torch.device, amp: bool, compile_mode: str = "none") -> dict:
+    """What the ``deterministic`` param costs: rawdrift's training step per dataset, run as
+    ``compile_mode`` says (the paper profile's: what its stages run), with the backends as
+    :func:`rawdrift.runtime.configure_backends` sets them for ``deterministic: false``
     (``cudnn.benchmark``) and for ``true`` (deterministic kernels), in one run; the backends are
     left as ``false`` sets them. ``setups``: {dataset: (task params, batch)}. CUDA only ({} on
     other devices, where the flag changes nothing)."""
@@ -534,10 +535,10 @@ def bench_determinism(setups: dict, size: int, device: torch.device, amp: bool) 
         rate = {}
         for det in (False, True):
             configure_backends(device, det)
-            rate[det] = bench_task(name, values, size, batch, device, amp=amp,
-                                   modes=("pipeline",))["pipeline_images_per_s"]
-        out[name] = {"fast_images_per_s": rate[False], "deterministic_images_per_s": rate[True],
-                     "deterministic_cost": 1.0 - rate[True] / rate[False]}
+            rate[det] = bench_task(name, values, size, batch, device, amp=amp, modes=("pipeline",),
+                                   compile_mode=compile_mode)["pipeline_images_per_s"]
+        out[name] = {"compile": compile_mode, "fast_images_per_s": rate[False],
+                     "deterministic_images_per_s": rate[True], "deterministic_cost": 1.0 - rate[True] / rate[False]}
     configure_backends(device, False)
     return out
 
@@ -628,7 +629,7 @@ def main(argv=None) -> None:
     flops = {name: training_flops(name, values, size) for name, (values, _) in setups.items()}
     for r in runs:
         r["training_tflop_per_s"] = r["pipeline_images_per_s"] * flops[r["dataset"]] / 1e12
-    determinism = bench_determinism(setups, size, device, amp)
+    determinism = bench_determinism(setups, size, device, amp, compile_mode=mode)
     saturation = bench_saturation(setups, size, device, amp) if cuda else {}
     corr = bench_corruptions(device, PAPER_TILE, 64 if cuda else 8)
     render = bench_render(device, PAPER_TILE, 64 if cuda else 4)
@@ -655,6 +656,7 @@ def main(argv=None) -> None:
               f"{c['batch'] * c['processes']}")
     for name, d in determinism.items():
         print(f"{name}: deterministic: true costs {100 * d['deterministic_cost']:.0f} % of the training step "
+              f"(compile: {d['compile']}) "
               f"({d['deterministic_images_per_s']:.0f} vs {d['fast_images_per_s']:.0f} img/s)")
     print(f"corruptions: {PAPER_TILES} paper tiles x {PAPER_PROTOCOL['views']} views x "
           f"{PAPER_PROTOCOL['corruptions']} corruptions x {PAPER_PROTOCOL['severities']} severities at {PAPER_TILE} px: "

@@ -1,7 +1,21 @@
 """Fixtures shared by the whole test tree (plain helper functions: tests/helpers.py)."""
 
+import os
+
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs ``-n auto``), each worker takes its share of the
+    cores for torch's intra-op threads, in-process and in the stage processes tests start
+    (``OMP_NUM_THREADS``, unless set): workers that each spin up every core's threads slow down
+    one another. A test that needs a thread count sets it itself."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "PYTEST_XDIST_WORKER" in os.environ:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
 @pytest.fixture(params=["microscopy", "drone"])

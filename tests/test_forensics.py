@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from rawdrift.camera import CAMERAS
 from rawdrift.errors import RawdriftError
@@ -146,26 +147,40 @@ def test_searches_stepped_together_equal_searches_run_alone():
 def test_compiled_searches_agree_with_eager_ones():
     """``compile_mode``: the frozen model's pass and the ISP through torch.compile. At equal
     parameters compiled gradients equal eager ones to about 1e-4 (tests/isp), but Adam's
-    normalised steps amplify rounding where a kernel tap's gradient is near zero: eager searches
-    on tiles changed by one float32 ulp end about as far apart (here up to 25 % of how far a
-    tap moved). The compiled searches must stay within three times that spread, and leave the
-    groups they do not search exactly where they were."""
+    normalised steps amplify rounding where a kernel tap's gradient is near zero, so searches
+    that differ only in rounding end apart in their flat directions: here eager searches with
+    another intra-op thread count (another reduction order at every step) or on tiles changed
+    by one float32 ulp end up to a quarter of a tap's movement apart (compiled ones, at one
+    thread count or another, up to a third), while what forensics reports of them, the views'
+    distance from the initial ISP's and the task loss, differ by about 1 %. So: every searched
+    group moves, the compiled search moves each the same way (apart at most half its movement:
+    a search the wrong way or none is at least its movement apart), groups not searched stay
+    exactly where they were, and the compiled searches' distance and loss lie within 5 % of the
+    eager ones."""
     camera, raw, labels, model, cfg, folds = toy_case()
     settings = [SearchSettings(lam=lam, group=g, epochs=3, lr=0.02, batch_size=8)
                 for g, lam in (("all", 1.0), ("gamma", 10.0))]
+    initial_isp = ParametrizedISP(camera)
+    with torch.no_grad():
+        initial_views = initial_isp(raw)
 
     def search(tiles, mode="none"):
-        return [isp.to_dict() for isp in adversarial_searches(model, cfg, camera, tiles, labels, settings, [1, 2],
-                                                              compile_mode=mode)]
+        out = []
+        for isp in adversarial_searches(model, cfg, camera, tiles, labels, settings, [1, 2], compile_mode=mode):
+            with torch.no_grad():
+                views = isp(raw)
+                reported = (float(((views - initial_views) ** 2).mean()), float(F.cross_entropy(model(views), labels)))
+            out.append((isp.to_dict(), reported))
+        return out
     eager, comp = search(raw), search(raw, "default")
-    ulp = search((raw * (1 + 2.0**-23)).clamp(0, 1))
-    initial = ParametrizedISP(camera).to_dict()
-    for s, a, b, c in zip(settings, eager, comp, ulp):
+    initial = initial_isp.to_dict()
+    for s, (a, outcome_a), (b, outcome_b) in zip(settings, eager, comp):
         for g in PARAMETER_GROUPS:
-            moved, apart, spread = (np.abs(np.subtract(x[g], y[g])).max() for x, y in ((a, initial), (b, a), (c, a)))
+            moved, apart = (np.abs(np.subtract(x[g], y[g])).max() for x, y in ((a, initial), (b, a)))
             if s.group in ("all", g):
-                assert moved > 1e-2 and apart <= 3 * spread + 1e-4, (s.group, g, moved, apart, spread)
+                assert moved > 1e-2 and apart <= 0.5 * moved, (s.group, g, moved, apart)
             else:
                 assert moved == apart == 0, (s.group, g, moved, apart)
+        np.testing.assert_allclose(outcome_b, outcome_a, rtol=0.05, err_msg=f"{s.group}: (l2, loss)")
     with pytest.raises(RawdriftError, match="compile_mode: must be one of"):
         adversarial_searches(model, cfg, camera, raw, labels, settings, [1, 2], compile_mode="max")
