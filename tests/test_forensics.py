@@ -5,14 +5,13 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from rawdrift.camera import CAMERAS
 from rawdrift.errors import RawdriftError
 from rawdrift.forensics import (SearchSettings, adversarial_search, adversarial_searches, describe_change,
-                                forensic_signature, forensics_sweep, lambda_key, signature_markdown, ssim)
+                                forensic_signature, forensics_sweep, l2_distance, lambda_key, signature_markdown, ssim)
 from rawdrift.isp import PARAMETER_GROUPS, ParametrizedISP
-from rawdrift.tasks import TaskConfig
+from rawdrift.tasks import TaskConfig, loss_fn
 
 
 # --- SSIM ----------------------------------------------------------------------------------
@@ -169,7 +168,7 @@ def test_compiled_searches_agree_with_eager_ones():
         for isp in adversarial_searches(model, cfg, camera, tiles, labels, settings, [1, 2], compile_mode=mode):
             with torch.no_grad():
                 views = isp(raw)
-                reported = (float(((views - initial_views) ** 2).mean()), float(F.cross_entropy(model(views), labels)))
+                reported = (float(l2_distance(views, initial_views)), float(loss_fn(cfg, model(views), labels)))
             out.append((isp.to_dict(), reported))
         return out
     eager, comp = search(raw), search(raw, "default")
