@@ -20,7 +20,9 @@ size, and the projected time to corrupt the held-out tiles of every train view t
 corruption and severity at that size), the FLOPs of one training image of each task model
 (:func:`training_flops`) and on CUDA the bare network at growing batches
 (:func:`bench_saturation`). ``--step-modes`` instead compares the training step's execution
-modes (eager, fused Adam, ``torch.compile``, CUDA graphs: :func:`bench_step_modes`). The paper
+modes (eager, fused Adam, ``torch.compile``, CUDA graphs: :func:`bench_step_modes`);
+``--warm`` only compiles what a bench run compiles, into inductor's on-disk cache
+(:func:`warm_compiles`), so that the next run's warm-up loads it. The paper
 protocol is ``profiles/paper.yaml`` laid over ``params.yaml`` (:data:`PAPER_PROTOCOL`), as
 ``make repro-paper`` runs it: the training steps and the forensics searches run in its
 ``compile`` mode, the searches at its ``forensics.max_batch`` tiles per pass. From these rates it projects the whole
@@ -521,13 +523,14 @@ def _add_speedups(results: dict) -> None:
             r["speedup"] = r["images_per_s"] / base
 
 
-def bench_determinism(setups: dict, size: int, device: torch.device, amp: bool, compile_mode: str = "none") -> dict:
+def bench_determinism(setups: dict, size: int, device: torch.device, amp: bool, compile_mode: str = "none",
+                      quick: bool = False) -> dict:
     """What the ``deterministic`` param costs: rawdrift's training step per dataset, run as
     ``compile_mode`` says (the paper profile's: what its stages run), with the backends as
     :func:`rawdrift.runtime.configure_backends` sets them for ``deterministic: false``
     (``cudnn.benchmark``) and for ``true`` (deterministic kernels), in one run; the backends are
-    left as ``false`` sets them. ``setups``: {dataset: (task params, batch)}. CUDA only ({} on
-    other devices, where the flag changes nothing)."""
+    left as ``false`` sets them. ``setups``: {dataset: (task params, batch)}; ``quick``: one
+    step of each (:data:`QUICK`). CUDA only ({} on other devices, where the flag changes nothing)."""
     if device.type != "cuda":
         return {}
     out = {}
@@ -536,11 +539,60 @@ def bench_determinism(setups: dict, size: int, device: torch.device, amp: bool, 
         for det in (False, True):
             configure_backends(device, det)
             rate[det] = bench_task(name, values, size, batch, device, amp=amp, modes=("pipeline",),
-                                   compile_mode=compile_mode)["pipeline_images_per_s"]
+                                   compile_mode=compile_mode, **(QUICK if quick else {}))["pipeline_images_per_s"]
         out[name] = {"compile": compile_mode, "fast_images_per_s": rate[False],
                      "deterministic_images_per_s": rate[True], "deterministic_cost": 1.0 - rate[True] / rate[False]}
     configure_backends(device, False)
     return out
+
+
+#: Step counts of a measurement run only for what it compiles (:func:`warm_compiles`): one
+#: step, at the measured shapes.
+QUICK = {"warmup": 1, "windows": 1, "steps": 1}
+
+
+def search_shape(device: torch.device) -> tuple[int, int]:
+    """Forensics' search step as the bench measures it: (tiles per search, searches stepped
+    together), the paper profile's ``forensics.batch_size`` and ``max_batch // batch_size``
+    (on a CPU ``max_batch`` at most 64)."""
+    fo = PAPER_PROTOCOL["forensics"]
+    max_batch = fo["max_batch"] if device.type == "cuda" else min(fo["max_batch"], 64)
+    return fo["batch_size"], max(1, max_batch // fo["batch_size"])
+
+
+def compiled_rates(dataset: str, cfg_values: dict, size: int, batch: int, device: torch.device, amp: bool,
+                   compile_mode: str, quick: bool = False) -> dict:
+    """The measurements of one dataset that run in ``compile_mode``: the training step
+    (:func:`bench_task`, ceiling and pipeline), optimize's joint step
+    (:func:`bench_joint_step`) and forensics' search step (:func:`bench_search`, at
+    :func:`search_shape`). ``quick``: each one step at its shapes (:data:`QUICK`), for what it
+    compiles, not for its rate.
+
+    Returns:
+        {"run": bench_task's record, "joint": images/s, "search": images/s}.
+    """
+    kw = QUICK if quick else {}
+    tiles, searches = search_shape(device)
+    return {"run": bench_task(dataset, cfg_values, size, batch, device, amp=amp, compile_mode=compile_mode, **kw),
+            "joint": bench_joint_step(dataset, cfg_values, size, batch, device, amp=amp, compile_mode=compile_mode,
+                                      **kw),
+            "search": bench_search(dataset, cfg_values, size, tiles, searches, device, amp=amp,
+                                   compile_mode=compile_mode, **({"windows": 1, "steps": 1, "epochs": 1} if quick else {}))}
+
+
+def warm_compiles(setups: dict, size: int, device: torch.device, amp: bool, compile_mode: str) -> None:
+    """Compile every graph the bench runs compiled (:func:`compiled_rates` and
+    :func:`bench_determinism`, each one step at its shapes) and measure nothing. Inductor's
+    FX-graph cache and AOTAutograd's cache keep the compiled graphs on disk
+    (``TORCHINDUCTOR_CACHE_DIR``), so a bench process started afterwards with the same cache
+    loads them instead of compiling (on a 2-core CPU, ResNet18's two training-step graphs: 43 s
+    cold, 4 s from the cache). ``make gpu-check`` runs it, one process per dataset, beside the
+    CUDA tests. ``setups``: {dataset: (task params, batch)}; nothing to do for ``none``."""
+    if compile_mode == "none":
+        return
+    for name, (values, batch) in setups.items():
+        compiled_rates(name, values, size, batch, device, amp, compile_mode, quick=True)
+    bench_determinism(setups, size, device, amp, compile_mode, quick=True)
 
 
 def _write_step_modes(setups: dict, size: int, device: torch.device, amp: bool, out: Path) -> None:
@@ -580,8 +632,11 @@ def main(argv=None) -> None:
     ap.add_argument("--step-modes", action="store_true",
                     help="only compare the training step's execution modes (eager, fused Adam, torch.compile, "
                          "CUDA graphs): <out>/<device>-step-modes.json")
+    ap.add_argument("--warm", action="store_true",
+                    help="only compile what the bench runs compiled, each graph once, measuring and writing "
+                         "nothing but inductor's cache (TORCHINDUCTOR_CACHE_DIR), which a later bench loads")
     ap.add_argument("--datasets", default=None,
-                    help="with --step-modes: comma-separated datasets (default: all of the paper profile)")
+                    help="with --step-modes or --warm: comma-separated datasets (default: all of the paper profile)")
     args = ap.parse_args(argv)
     try:
         device = resolve_device(args.device)
@@ -598,20 +653,24 @@ def main(argv=None) -> None:
     setups = {name: (d["task"], d["batch"] if cuda else min(d["batch"], 32))
               for name, d in PAPER_PROTOCOL["datasets"].items()
               if not args.datasets or name in args.datasets.split(",")}
-    if args.datasets and not args.step_modes:
-        ap.exit(2, "error: --datasets: only with --step-modes (the projection needs every dataset)\n")
+    if args.datasets and not (args.step_modes or args.warm):
+        ap.exit(2, "error: --datasets: only with --step-modes or --warm (the projection needs every dataset)\n")
     if not setups:
         ap.exit(2, f"error: --datasets: none of {args.datasets!r} is a dataset of the paper profile "
                    f"({', '.join(PAPER_PROTOCOL['datasets'])})\n")
     if args.step_modes:
         _write_step_modes(setups, size, device, amp, Path(args.out))
         return
-    runs, concurrent, rates = [], [], {}
     mode = PAPER_PROTOCOL["compile"]           # the training steps as the profile runs them
-    fo = PAPER_PROTOCOL["forensics"]      # forensics' searches, max_batch // batch_size stepped together
-    searches = max(1, (fo["max_batch"] if cuda else min(fo["max_batch"], 64)) // fo["batch_size"])
+    if args.warm:
+        start = time.perf_counter()
+        warm_compiles(setups, size, device, amp, mode)
+        print(f"compiled ({mode}) for {', '.join(setups)} in {time.perf_counter() - start:.0f} s")
+        return
+    runs, concurrent, rates = [], [], {}
     for name, (values, batch) in setups.items():
-        run = bench_task(name, values, size, batch, device, amp=amp, compile_mode=mode)
+        measured = compiled_rates(name, values, size, batch, device, amp, mode)
+        run = measured["run"]
         # eager: the alternative to the compiled loop (five processes compiling would double the bench's time)
         conc = bench_concurrent(name, values, size, batch, device, folds, amp=amp,   # threads as the stages set them
                                 steps=10 if cuda else 3)
@@ -623,9 +682,7 @@ def main(argv=None) -> None:
         rates[name] = {"size": size, "train": run["pipeline_images_per_s"], "train_concurrent": conc["images_per_s"],
                        "inference": bench_inference(name, values, size, max(batch, 64), device, amp=amp,
                                                     n_data=256 if cuda else 64),
-                       "joint": bench_joint_step(name, values, size, batch, device, amp=amp, compile_mode=mode),
-                       "search": bench_search(name, values, size, fo["batch_size"], searches, device, amp=amp,
-                                              compile_mode=mode)}
+                       "joint": measured["joint"], "search": measured["search"]}
     flops = {name: training_flops(name, values, size) for name, (values, _) in setups.items()}
     for r in runs:
         r["training_tflop_per_s"] = r["pipeline_images_per_s"] * flops[r["dataset"]] / 1e12

@@ -1,14 +1,21 @@
 """``make gpu-check``: the CUDA acceptance run, one command on a machine with an NVIDIA GPU.
 
-``python -m rawdrift.gpucheck`` runs, within one time budget (10 minutes), steps 1 and 2 at the
-same time (they time nothing; ``--serial``: one after the other), then step 3 alone:
+``python -m rawdrift.gpucheck`` runs, within one time budget (10 minutes), steps 1 to 3 at the
+same time (they time nothing; ``--serial``: one after the other), then step 4 alone:
 
 1. ``tests``: the CUDA tests (``pytest tests/test_cuda.py tests/isp/test_differentiable.py``),
    report ``bench/gpu-check/pytest.xml``;
 2. ``repro``: the whole DAG at the demo's tiny profile in a scratch git + DVC workspace
    (:mod:`rawdrift.demo`) with ``device: cuda`` and ``precision: auto``, i.e. ``dvc repro`` as
    ``-S device=cuda`` gives it; its metrics are copied to ``bench/gpu-check/repro-metrics/``;
-3. ``bench``: ``python -m rawdrift.bench`` (what ``make bench`` runs), ``bench/cuda.json``.
+3. ``warm``: ``python -m rawdrift.bench --warm --datasets <dataset>``, one process per dataset:
+   every graph the bench compiles, compiled into the run's inductor cache and not timed;
+4. ``bench``: ``python -m rawdrift.bench`` (what ``make bench`` runs), ``bench/cuda.json``; its
+   compiles load from that cache.
+
+Every step runs with ``TORCHINDUCTOR_CACHE_DIR`` at a new temporary folder (unless it is set),
+removed at the end: a run compiles from scratch, as on a fresh machine, save what ``warm``
+compiled for ``bench``.
 
 One more step runs only when named (``--steps paper``, or ``make gpu-check GPU_CHECK_ARGS="--steps
 paper"``): ``paper``, one paper-size train stage per dataset (``train@<dataset>-bi_s_ga`` at
@@ -26,6 +33,7 @@ temporary folder is written; the workspace's own DVC cache is not touched.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
@@ -40,10 +48,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_CUDA = "make gpu-check: no CUDA device (torch.cuda.is_available() is false)"
-STEPS = ("tests", "repro", "bench")
+STEPS = ("tests", "repro", "warm", "bench")
 #: Steps that time nothing: they run at the same time, before the others (unless ``--serial``);
 #: ``bench`` and ``paper`` then run one at a time, alone on the machine.
-UNTIMED_STEPS = ("tests", "repro")
+UNTIMED_STEPS = ("tests", "repro", "warm")
 #: Steps run only when ``--steps`` names them.
 OPTIONAL_STEPS = ("paper",)
 #: The view whose train stage the ``paper`` step times (forensics starts from it).
@@ -69,26 +77,43 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-_SHIM: list[Path] = []
+#: The run's temporary folders by purpose ("bin": the python shim, "inductor": the compile
+#: cache), removed when the interpreter exits (:func:`_remove_scratch`).
+_SCRATCH: dict[str, Path] = {}
+
+
+def _scratch(purpose: str) -> Path:
+    """The run's temporary folder for ``purpose``, made on first use."""
+    if purpose not in _SCRATCH:
+        if not _SCRATCH:
+            atexit.register(_remove_scratch)
+        _SCRATCH[purpose] = Path(tempfile.mkdtemp(prefix=f"rawdrift-gpucheck-{purpose}-"))
+    return _SCRATCH[purpose]
+
+
+def _remove_scratch() -> None:
+    while _SCRATCH:
+        shutil.rmtree(_SCRATCH.popitem()[1], ignore_errors=True)
 
 
 def _python_shim() -> Path:
     """A folder with a ``python`` script that runs this interpreter (a script, not a link: a
     venv's interpreter finds its packages only when started under its own path)."""
-    if not _SHIM:
-        folder = Path(tempfile.mkdtemp(prefix="rawdrift-gpucheck-bin-"))
-        script = folder / "python"
+    folder = _scratch("bin")
+    script = folder / "python"
+    if not script.exists():
         script.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
         script.chmod(0o755)
-        _SHIM.append(folder)
-    return _SHIM[0]
+    return folder
 
 
 def _env(extra_path: Path | None = None) -> dict:
     """This interpreter's environment, with the repository (or ``extra_path``) first on
     PYTHONPATH (the GPU machine has no editable install) and a ``python`` on PATH that is this
-    interpreter (DVC stages run ``python stages/...``; the machine may only have ``python3``)."""
+    interpreter (DVC stages run ``python stages/...``; the machine may only have ``python3``),
+    and ``TORCHINDUCTOR_CACHE_DIR`` the run's compile cache unless it is set."""
     env = dict(os.environ)
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(_scratch("inductor")))
     code = str(extra_path or ROOT)
     env["PYTHONPATH"] = os.pathsep.join([code] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env["PATH"] = os.pathsep.join([str(_python_shim()), str(Path(sys.executable).parent), env.get("PATH", "")])
@@ -139,6 +164,23 @@ def step_repro(out: Path, timeout: float) -> dict:
         result = {"step": "repro", "rc": 1, "seconds": round(time.perf_counter() - start, 1), "log": str(log)}
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
+
+
+def step_warm(out: Path, timeout: float) -> dict:
+    """What the bench compiles, compiled beforehand into the run's inductor cache: one
+    ``python -m rawdrift.bench --warm --datasets <dataset>`` process per dataset, all at once;
+    ``warm.log`` holds their logs in turn. The step fails if any of them does."""
+    from rawdrift.bench import PAPER_PROTOCOL
+    datasets = list(PAPER_PROTOCOL["datasets"])
+    with ThreadPoolExecutor(len(datasets)) as pool:
+        parts = list(pool.map(lambda d: _run("warm", [sys.executable, "-m", "rawdrift.bench", "--warm", "--datasets", d],
+                                             out / f"warm-{d}.log", timeout), datasets))
+    log = out / "warm.log"
+    log.write_text("".join(Path(p["log"]).read_text() for p in parts))
+    for p in parts:
+        Path(p["log"]).unlink()
+    return {"step": "warm", "rc": next((p["rc"] for p in parts if p["rc"] != 0), 0),
+            "seconds": max(p["seconds"] for p in parts), "log": str(log)}
 
 
 def step_bench(out: Path, timeout: float) -> dict:
@@ -210,7 +252,7 @@ def step_paper(out: Path, timeout: float, datasets: tuple[str, ...] = ("microsco
 
 
 #: step name -> function(results folder, seconds left) -> {"step", "rc", "seconds", "log", ...}
-RUNNERS = {"tests": step_tests, "repro": step_repro, "bench": step_bench, "paper": step_paper}
+RUNNERS = {"tests": step_tests, "repro": step_repro, "warm": step_warm, "bench": step_bench, "paper": step_paper}
 
 
 def environment() -> dict:

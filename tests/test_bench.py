@@ -1,15 +1,20 @@
 """`make bench`: every measurement runs on a CPU (rates only checked to be positive: no
 timing assertions), and the paper projection counts the protocol's images exactly."""
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from rawdrift.bench import (PAPER_PROTOCOL, PAPER_TILE, PAPER_TILES, bench_concurrent, bench_corruptions, bench_determinism,
-                            bench_inference, bench_joint_step, bench_saturation, bench_search, bench_step_modes, bench_task,
-                            floor_rates, main, project_paper, training_flops)
+from rawdrift.bench import (PAPER_PROTOCOL, PAPER_TILE, PAPER_TILES, QUICK, bench_concurrent, bench_corruptions,
+                            bench_determinism, bench_inference, bench_joint_step, bench_saturation, bench_search,
+                            bench_step_modes, bench_task, compiled_rates, floor_rates, main, project_paper,
+                            search_shape, training_flops, warm_compiles)
 from rawdrift.corruptions import CORRUPTIONS
 from rawdrift.errors import ParamError
 from rawdrift.profiles import load_profile
@@ -132,6 +137,64 @@ def test_search_bench_runs_forensics_searches_in_the_compile_mode_asked(monkeypa
                         steps=2, epochs=2, compile_mode="reduce-overhead") > 0
     # the compiling call (one epoch), one timed window (two epochs)
     assert seen == [(3, {4}, 8, 1, "reduce-overhead"), (3, {4}, 8, 2, "reduce-overhead")]
+
+
+def test_warm_runs_every_compiled_measurement_at_the_bench_shapes(monkeypatch):
+    """``--warm`` compiles what the bench compiles: the same functions with the same models,
+    sizes, batches, searches and compile mode, one step each; nothing for ``compile: none``."""
+    import rawdrift.bench as B
+    calls = []
+
+    def spy(name, steps):
+        def f(*args, **kw):
+            shapes = {k: v for k, v in kw.items() if k not in steps}
+            calls.append((name, args, tuple(sorted(shapes.items())), {k: kw[k] for k in steps if k in kw}))
+            return {"pipeline_images_per_s": 1.0} if name == "task" else 1.0
+        return f
+    counts = ("warmup", "windows", "steps", "epochs")
+    for fn in ("task", "joint_step", "search"):
+        monkeypatch.setattr(B, f"bench_{fn}", spy(fn, counts))
+    setups = {"microscopy": ({"classes": 3}, 4), "drone": ({"classes": 2}, 2)}
+    for name, (values, batch) in setups.items():
+        compiled_rates(name, values, 16, batch, CPU, False, "reduce-overhead")
+    measured, calls[:] = list(calls), []
+    warm_compiles(setups, 16, CPU, False, "reduce-overhead")
+    assert [c[:3] for c in calls] == [c[:3] for c in measured] and len(calls) == 6
+    assert all(c[3] == {} for c in measured)
+    assert all(c[3] == (QUICK if c[0] != "search" else {"windows": 1, "steps": 1, "epochs": 1}) for c in calls)
+    tiles, searches = search_shape(CPU)
+    assert [c[1][3:5] for c in calls if c[0] == "search"] == [(tiles, searches)] * 2
+    assert tiles * searches <= 64 and search_shape(torch.device("cuda"))[1] * tiles == PAPER_PROTOCOL["forensics"]["max_batch"]
+    calls.clear()
+    warm_compiles(setups, 16, CPU, False, "none")
+    assert calls == []
+
+
+@pytest.mark.slow      # two processes compiling ResNet18's graphs on the CPU (about 3 minutes on 2 cores)
+def test_warm_fills_the_compile_cache_a_later_bench_loads(tmp_path):
+    """``python -m rawdrift.bench --warm`` in one process, then the bench's compiled
+    measurements in another with the same ``TORCHINDUCTOR_CACHE_DIR``: every graph the second
+    compiles comes from the cache (no FX-graph or AOTAutograd cache miss)."""
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+    warm = subprocess.run([sys.executable, "-m", "rawdrift.bench", "--warm", "--datasets", "microscopy", "--device", "cpu",
+                           "--size", "16", "--out", str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True,
+                          text=True)
+    assert warm.returncode == 0, warm.stderr[-2000:]
+    assert "compiled (" in warm.stdout and not (tmp_path / "out").exists()
+    measure = ("import json, torch\n"
+               "from torch._dynamo.utils import counters\n"
+               "from rawdrift.bench import PAPER_PROTOCOL, compiled_rates\n"
+               "from rawdrift.runtime import resolve_precision\n"
+               "d, cpu = PAPER_PROTOCOL['datasets']['microscopy'], torch.device('cpu')\n"
+               "compiled_rates('microscopy', d['task'], 16, min(d['batch'], 32), cpu, resolve_precision('auto', cpu), "
+               "PAPER_PROTOCOL['compile'], quick=True)\n"
+               "print(json.dumps({**counters['inductor'], **counters['aot_autograd']}))\n")
+    later = subprocess.run([sys.executable, "-c", measure], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert later.returncode == 0, later.stderr[-2000:]
+    seen = json.loads(later.stdout.strip().splitlines()[-1])
+    assert PAPER_PROTOCOL["compile"] != "none"
+    assert seen.get("fxgraph_cache_hit", 0) >= 3 and seen.get("autograd_cache_hit", 0) >= 3, seen
+    assert seen.get("fxgraph_cache_miss", 0) == 0 and seen.get("autograd_cache_miss", 0) == 0, seen
 
 
 def test_concurrent_bench_counts_every_process():

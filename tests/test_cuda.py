@@ -465,10 +465,10 @@ def test_gpu_check_reports_every_step_and_fails_on_any_failure(tmp_path, monkeyp
             calls.append(left)
             return {"step": "x", "rc": rc, "seconds": 0.0, "log": str(out / "x.log")}
         return step
-    monkeypatch.setattr(gpucheck, "RUNNERS", {"tests": fake(0), "repro": fake(0), "bench": fake(0)})
+    monkeypatch.setattr(gpucheck, "RUNNERS", {"tests": fake(0), "repro": fake(0), "warm": fake(0), "bench": fake(0)})
     assert gpucheck.main(["--out", str(tmp_path / "a")]) == 0
     report = json.loads((tmp_path / "a/gpu-check/report.json").read_text())
-    assert report["passed"] and len(report["steps"]) == 3 and report["budget_s"] == 600
+    assert report["passed"] and len(report["steps"]) == 4 and report["budget_s"] == 600
     assert {"python", "torch", "numpy"} <= set(report["environment"])
     monkeypatch.setitem(gpucheck.RUNNERS, "repro", fake(1))
     assert gpucheck.main(["--out", str(tmp_path / "b"), "--steps", "tests,repro"]) == 1
@@ -508,13 +508,13 @@ def test_gpu_check_paper_step_times_one_train_stage_per_dataset(tmp_path):
 
 
 def test_gpu_check_runs_the_untimed_steps_together_and_the_bench_alone(tmp_path, monkeypatch):
-    """tests and repro overlap (both wait on a barrier only the other can open); bench starts
-    after both ended; with --serial nothing overlaps."""
+    """tests, repro and warm overlap (each waits on a barrier only the others can open); bench
+    starts after all ended; with --serial nothing overlaps."""
     import threading
     import time
     from rawdrift import gpucheck
     monkeypatch.setattr(gpucheck, "cuda_available", lambda: True)
-    spans, barrier = {}, threading.Barrier(2, timeout=10)
+    spans, barrier = {}, threading.Barrier(3, timeout=10)
 
     def step(name, wait):
         def run(out, left):
@@ -526,15 +526,44 @@ def test_gpu_check_runs_the_untimed_steps_together_and_the_bench_alone(tmp_path,
             return {"step": name, "rc": 0, "seconds": 0.0, "log": None}
         return run
     monkeypatch.setattr(gpucheck, "RUNNERS", {"tests": step("tests", True), "repro": step("repro", True),
-                                             "bench": step("bench", False)})
-    assert gpucheck.main(["--out", str(tmp_path / "a"), "--steps", "bench,tests,repro"]) == 0
-    assert spans["bench"][0] >= max(spans["tests"][1], spans["repro"][1])
+                                             "warm": step("warm", True), "bench": step("bench", False)})
+    assert gpucheck.main(["--out", str(tmp_path / "a"), "--steps", "bench,tests,warm,repro"]) == 0
+    assert spans["bench"][0] >= max(spans["tests"][1], spans["repro"][1], spans["warm"][1])
     report = json.loads((tmp_path / "a/gpu-check/report.json").read_text())
-    assert [s["step"] for s in report["steps"]] == ["bench", "tests", "repro"]      # as asked
-    monkeypatch.setattr(gpucheck, "RUNNERS", {n: step(n, False) for n in ("tests", "repro", "bench")})
+    assert [s["step"] for s in report["steps"]] == ["bench", "tests", "warm", "repro"]      # as asked
+    monkeypatch.setattr(gpucheck, "RUNNERS", {n: step(n, False) for n in ("tests", "repro", "warm", "bench")})
     spans.clear()
     assert gpucheck.main(["--out", str(tmp_path / "b"), "--serial"]) == 0
-    assert spans["tests"][1] <= spans["repro"][0] and spans["repro"][1] <= spans["bench"][0]
+    assert spans["tests"][1] <= spans["repro"][0] <= spans["repro"][1] <= spans["warm"][0]
+    assert spans["warm"][1] <= spans["bench"][0]
+
+
+def test_gpu_check_warm_step_compiles_each_dataset_in_its_own_process(tmp_path, monkeypatch):
+    """``warm``: one ``rawdrift.bench --warm --datasets <d>`` per dataset, at the same time, one
+    log; the step fails if any process did; every step shares the run's inductor cache."""
+    import threading
+    from rawdrift import gpucheck
+    from rawdrift.bench import PAPER_PROTOCOL
+    barrier, seen = threading.Barrier(len(PAPER_PROTOCOL["datasets"]), timeout=10), []
+
+    def fake_run(name, args, log, timeout, **kw):
+        barrier.wait()                               # returns only once every dataset's process started
+        seen.append(args[1:])
+        log.write_text(f"{args[-1]} compiled\n")
+        return {"step": name, "rc": 3 if args[-1] == "drone" else 0, "seconds": 1.0, "log": str(log)}
+    monkeypatch.setattr(gpucheck, "_run", fake_run)
+    r = gpucheck.step_warm(tmp_path, 60)
+    assert sorted(seen) == sorted(["-m", "rawdrift.bench", "--warm", "--datasets", d] for d in PAPER_PROTOCOL["datasets"])
+    assert r["rc"] == 3 and r["step"] == "warm"
+    assert sorted(Path(r["log"]).read_text().splitlines()) == sorted(f"{d} compiled" for d in PAPER_PROTOCOL["datasets"])
+    assert [p.name for p in tmp_path.iterdir()] == ["warm.log"]
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    cache = gpucheck._env()["TORCHINDUCTOR_CACHE_DIR"]
+    assert Path(cache).is_dir() and gpucheck._env()["TORCHINDUCTOR_CACHE_DIR"] == cache
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert gpucheck._env()["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+    gpucheck._remove_scratch()
+    assert not Path(cache).exists()
 
 
 def test_gpu_check_names_missing_packages_in_one_line(tmp_path, monkeypatch, capsys):
