@@ -549,6 +549,8 @@ def bench_determinism(setups: dict, size: int, device: torch.device, amp: bool, 
 #: Step counts of a measurement run only for what it compiles (:func:`warm_compiles`): one
 #: step, at the measured shapes.
 QUICK = {"warmup": 1, "windows": 1, "steps": 1}
+#: The same for :func:`bench_search`, whose first call (one epoch) compiles: one timed call of one step.
+QUICK_SEARCH = {"windows": 1, "steps": 1, "epochs": 1}
 
 
 def search_shape(device: torch.device) -> tuple[int, int]:
@@ -566,7 +568,7 @@ def compiled_rates(dataset: str, cfg_values: dict, size: int, batch: int, device
     (:func:`bench_task`, ceiling and pipeline), optimize's joint step
     (:func:`bench_joint_step`) and forensics' search step (:func:`bench_search`, at
     :func:`search_shape`). ``quick``: each one step at its shapes (:data:`QUICK`), for what it
-    compiles, not for its rate.
+    compiles, not for its rate (:data:`QUICK_SEARCH` for the search).
 
     Returns:
         {"run": bench_task's record, "joint": images/s, "search": images/s}.
@@ -577,7 +579,7 @@ def compiled_rates(dataset: str, cfg_values: dict, size: int, batch: int, device
             "joint": bench_joint_step(dataset, cfg_values, size, batch, device, amp=amp, compile_mode=compile_mode,
                                       **kw),
             "search": bench_search(dataset, cfg_values, size, tiles, searches, device, amp=amp,
-                                   compile_mode=compile_mode, **({"windows": 1, "steps": 1, "epochs": 1} if quick else {}))}
+                                   compile_mode=compile_mode, **(QUICK_SEARCH if quick else {}))}
 
 
 def warm_compiles(setups: dict, size: int, device: torch.device, amp: bool, compile_mode: str) -> None:

@@ -140,6 +140,13 @@ def _run(name: str, args: list[str], log: Path, timeout: float, cwd: Path = ROOT
     return {"step": name, "rc": rc, "seconds": round(time.perf_counter() - start, 1), "log": str(log)}
 
 
+def _append_part(log: Path, part: Path) -> None:
+    """Append the log ``part`` of one command of a step to the step's ``log`` and remove it."""
+    with open(log, "a") as fh:
+        fh.write(part.read_text())
+    part.unlink()
+
+
 def step_tests(out: Path, timeout: float) -> dict:
     return _run("tests", [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
                           f"--junitxml={out / 'pytest.xml'}", *TESTS], out / "tests.log", timeout)
@@ -176,9 +183,9 @@ def step_warm(out: Path, timeout: float) -> dict:
         parts = list(pool.map(lambda d: _run("warm", [sys.executable, "-m", "rawdrift.bench", "--warm", "--datasets", d],
                                              out / f"warm-{d}.log", timeout), datasets))
     log = out / "warm.log"
-    log.write_text("".join(Path(p["log"]).read_text() for p in parts))
+    log.write_text("")
     for p in parts:
-        Path(p["log"]).unlink()
+        _append_part(log, Path(p["log"]))
     return {"step": "warm", "rc": next((p["rc"] for p in parts if p["rc"] != 0), 0),
             "seconds": max(p["seconds"] for p in parts), "log": str(log)}
 
@@ -235,9 +242,7 @@ def step_paper(out: Path, timeout: float, datasets: tuple[str, ...] = ("microsco
             part = out / f"paper-{key[:-2]}-{ds}.log"
             r = _run("paper", [sys.executable, "-m", "dvc", "repro", target], part,
                      timeout - (time.perf_counter() - start), cwd=ws, env=env)
-            with open(log, "a") as fh:
-                fh.write(part.read_text())
-            part.unlink()
+            _append_part(log, part)
             if r["rc"] != 0:
                 result["rc"] = r["rc"]
                 break

@@ -170,7 +170,7 @@ def test_warm_runs_every_compiled_measurement_at_the_bench_shapes(monkeypatch):
     assert calls == []
 
 
-@pytest.mark.slow      # two processes compiling ResNet18's graphs on the CPU (about 3 minutes on 2 cores)
+@pytest.mark.slow      # two processes compiling ResNet18's graphs on the CPU (about 2 minutes on 2 cores)
 def test_warm_fills_the_compile_cache_a_later_bench_loads(tmp_path):
     """``python -m rawdrift.bench --warm`` in one process, then the bench's compiled
     measurements in another with the same ``TORCHINDUCTOR_CACHE_DIR``: every graph the second
