@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Callable
 
 from rawdrift.errors import RawdriftError
+from rawdrift.processes import available_cores
 from rawdrift.share import run_cache_entries
 
 ENGINES = ("ray", "submitit", "local")
@@ -339,11 +340,12 @@ def ray_check_gpus(gpus: float) -> None:
 
 
 def ray_cpus_per_stage() -> float:
-    """CPUs a CPU stage asks Ray for: this machine's cores, at most the largest node's CPUs."""
+    """CPUs a CPU stage asks Ray for: the cores this process may use (:func:`rawdrift.processes.available_cores`),
+    at most the largest node's CPUs."""
     import ray
 
     largest = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
-    return float(max(1.0, min(os.cpu_count() or 1, largest)))
+    return float(max(1.0, min(available_cores(), largest)))
 
 
 def run_ray(specs: list[TaskSpec], gpus: float, cpus: float = 1, address: str | None = None) -> list[TaskResult]:

@@ -91,7 +91,8 @@ def get(params: dict, dotted: str, source: str = "params.yaml") -> Any:
 
 
 def workers() -> int:
-    """CPU worker processes from ``RAWDRIFT_WORKERS`` (default 0 = all cores).
+    """CPU worker processes from ``RAWDRIFT_WORKERS`` (default 0: one per available core,
+    :func:`rawdrift.processes.process_count`).
 
     An execution resource, not a param: results do not depend on it, so changing it must
     not make DVC rerun anything.

@@ -4,7 +4,6 @@ functions (:func:`render_stack`), or batched on a GPU (:func:`render_stack_torch
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from rawdrift.camera import Camera, RAW_SCALE, check_raw
 from rawdrift.errors import RawdriftError
 from rawdrift.io import atomic_dir
 from rawdrift.isp.static import VIEWS, parse_view, render_static
+from rawdrift.processes import process_count
 from rawdrift.sources.store import view_to_uint16
 
 _STATE: dict = {}
@@ -71,7 +71,7 @@ def render_stack(raw_path: str | Path, camera: Camera, out_dir: str | Path, view
         camera: colour parameters of the dataset.
         out_dir: ``data/views/<dataset>``; replaced as a whole when every view is done.
         views: view names (default all 12).
-        workers: processes (0 = all cores).
+        workers: processes (0: one per available core, :mod:`rawdrift.processes`).
 
     Returns:
         {"images": N, "views": len(views), "workers": w}
@@ -79,7 +79,7 @@ def render_stack(raw_path: str | Path, camera: Camera, out_dir: str | Path, view
     views = tuple(views)
     raw = _open_raw_stack(raw_path, views)
     n = raw.shape[0]
-    n_workers = max(1, min(os.cpu_count() or 1 if workers <= 0 else workers, n))
+    n_workers = process_count(n, workers)
     with _view_writer(out_dir, views, raw.shape, progress) as (outs, bar):
         if n_workers > 1:
             ctx = mp.get_context("fork")

@@ -17,7 +17,6 @@ numbers for those views.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from rawdrift.camera import RAW_SCALE
 from rawdrift.corruptions import corrupt, corruption_seed
 from rawdrift.errors import ParamError, RawdriftError
 from rawdrift.isp.batched import render_batch
+from rawdrift.processes import process_count
 from rawdrift.sources import synthetic
 from rawdrift.sources.store import load_raw_dataset, load_targets, view_to_uint16
 from rawdrift.tasks import TaskConfig, predict, score
@@ -236,8 +236,9 @@ def run_point(point: StudyPoint, cfg: TaskConfig, corruptions, severity: int = 3
     (the stage builds it with :func:`rawdrift.tasks.task_config`, which checks the overrides).
 
     On the CPU every train view runs in its own single-threaded process (:func:`train_view`), at
-    most ``workers`` at a time (0: one per core), so the numbers do not depend on ``workers`` or
-    on the machine's core count; on CUDA the views run one after the other in this process.
+    most ``workers`` at a time (0: one per available core, :mod:`rawdrift.processes`), so the
+    numbers do not depend on ``workers`` or on the machine's core count; on CUDA the views run
+    one after the other in this process.
     """
     device = device or torch.device("cpu")
     started = time.perf_counter()
@@ -254,8 +255,7 @@ def run_point(point: StudyPoint, cfg: TaskConfig, corruptions, severity: int = 3
                     point.tile / reference_tile, device, threads=1 if device.type == "cpu" else 0)
             for v in point.views]
     if device.type == "cpu":
-        processes = max(1, min(len(jobs), workers or os.cpu_count() or 1))
-        with mp.get_context("spawn").Pool(processes) as pool:
+        with mp.get_context("spawn").Pool(process_count(len(jobs), workers)) as pool:
             out = pool.map(train_view, jobs, chunksize=1)
     else:
         out = [train_view(j) for j in jobs]

@@ -5,6 +5,8 @@ import os
 import pytest
 import torch
 
+from rawdrift.processes import available_cores
+
 
 def pytest_configure(config):
     """Under pytest-xdist (``make test`` runs ``-n auto``), each worker takes its share of the
@@ -13,7 +15,7 @@ def pytest_configure(config):
     one another. A test that needs a thread count sets it itself."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1 and "PYTEST_XDIST_WORKER" in os.environ:
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = max(1, available_cores() // workers)
         torch.set_num_threads(threads)
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 

@@ -187,8 +187,10 @@ def test_compiled_training_step_matches_eager_and_trains_as_well():
     comp = train_folds(cfg, x, y, folds, seed=1, device=cpu, progress=False, amp=False, compile_mode="default")
     assert [r.steps for r in comp] == [r.steps for r in eager]
     assert min(r.val_metric[-1] for r in comp) > 0.9
-    # the first epoch's mean loss: the same to 1 % (the steps diverge only through rounding)
-    assert [r.train_loss[0] for r in comp] == pytest.approx([r.train_loss[0] for r in eager], rel=0.01)
+    # the first epoch's mean loss: the steps diverge only through rounding, which Adam's first,
+    # sign-like steps amplify: eager runs at 1 and 2 intra-op threads (another reduction order)
+    # differ by 1.3 % on fold 0 (torch 2.11 and 2.14 alike), compiled and eager by 0.2-1.5 %
+    assert [r.train_loss[0] for r in comp] == pytest.approx([r.train_loss[0] for r in eager], rel=0.03)
     with pytest.raises(RawdriftError, match="compile_mode: must be one of none, default, reduce-overhead, got 'max'"):
         train_folds(cfg, x, y, folds, seed=1, device=cpu, progress=False, compile_mode="max")
 

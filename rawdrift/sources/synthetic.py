@@ -19,6 +19,7 @@ from rawdrift import checks
 from rawdrift.camera import CAMERAS
 from rawdrift.errors import ParamError, RawdriftError
 from rawdrift.io import atomic_dir
+from rawdrift.processes import process_count
 from rawdrift.sensor import SENSORS, expose
 from rawdrift.sources import drone, microscopy
 from rawdrift.sources.store import write_raw_dataset
@@ -59,10 +60,6 @@ def _make_tile(job):
     return index, np.stack(raws), mask
 
 
-def _workers(workers: int) -> int:
-    return max(1, os.cpu_count() or 1) if workers <= 0 else workers
-
-
 def generate(dataset: str, out: str | Path, *, count: int, tile: int, folds: int, seed: int,
              intensities: list[float], workers: int = 0, progress: bool = True, optics: str = "matched") -> dict:
     """Generate a synthetic dataset and write it atomically to ``out`` (``data/raw/<dataset>``).
@@ -74,7 +71,7 @@ def generate(dataset: str, out: str | Path, *, count: int, tile: int, folds: int
         folds: number of test folds for the fixed split assignment.
         seed: master seed.
         intensities: exposure ratios in (0, 1], 1.0 included.
-        workers: processes (0 = all cores).
+        workers: processes (0: one per available core, :mod:`rawdrift.processes`).
         optics: microscopy only, how the objective follows a pixel larger than the study's:
             ``matched`` or ``objective`` (:mod:`rawdrift.sources.microscopy`, "Tile geometry").
 
@@ -101,7 +98,7 @@ def generate(dataset: str, out: str | Path, *, count: int, tile: int, folds: int
     jobs = [(dataset, seed, i, tile, labels[i], intensities, optics) for i in range(count)]
     stacks = {r: np.empty((count, tile, tile), np.uint16) for r in intensities}
     masks = np.empty((count, tile, tile), np.uint8) if dataset == "drone" else None
-    n_workers = min(_workers(workers), count)
+    n_workers = process_count(count, workers)
     ctx = mp.get_context("spawn" if os.name == "nt" else "fork")
     bar = tqdm(total=count, desc=f"fetch {dataset}", unit="tile", disable=None if progress else True, leave=False)
     with ctx.Pool(n_workers) if n_workers > 1 else _Serial() as pool:
