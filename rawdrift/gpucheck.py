@@ -4,7 +4,8 @@
 same time (they time nothing; ``--serial``: one after the other), then step 4 alone:
 
 1. ``tests``: the CUDA tests (``pytest tests/test_cuda.py tests/isp/test_differentiable.py``),
-   report ``bench/gpu-check/pytest.xml``;
+   report ``bench/gpu-check/pytest.xml``, and each test's outcome and seconds as it ends in
+   ``bench/gpu-check/tests-progress.log`` (kept through a crash);
 2. ``repro``: the whole DAG at the demo's tiny profile in a scratch git + DVC workspace
    (:mod:`rawdrift.demo`) with ``device: cuda`` and ``precision: auto``, i.e. ``dvc repro`` as
    ``-S device=cuda`` gives it; its metrics are copied to ``bench/gpu-check/repro-metrics/``;
@@ -13,9 +14,10 @@ same time (they time nothing; ``--serial``: one after the other), then step 4 al
 4. ``bench``: ``python -m rawdrift.bench`` (what ``make bench`` runs), ``bench/cuda.json``; its
    compiles load from that cache.
 
-Every step runs with ``TORCHINDUCTOR_CACHE_DIR`` at a new temporary folder (unless it is set),
-removed at the end: a run compiles from scratch, as on a fresh machine, save what ``warm``
-compiled for ``bench``.
+``repro`` and ``warm`` run at a lower CPU priority (``nice``): the tests take longest of the
+three, and the other two take the cores the tests leave idle. Every step runs with
+``TORCHINDUCTOR_CACHE_DIR`` at a new temporary folder (unless it is set), removed at the end:
+a run compiles from scratch, as on a fresh machine, save what ``warm`` compiled for ``bench``.
 
 One more step runs only when named (``--steps paper``, or ``make gpu-check GPU_CHECK_ARGS="--steps
 paper"``): ``paper``, one paper-size train stage per dataset (``train@<dataset>-bi_s_ga`` at
@@ -52,6 +54,9 @@ STEPS = ("tests", "repro", "warm", "bench")
 #: Steps that time nothing: they run at the same time, before the others (unless ``--serial``);
 #: ``bench`` and ``paper`` then run one at a time, alone on the machine.
 UNTIMED_STEPS = ("tests", "repro", "warm")
+#: The CPU priority (``nice``) of ``repro`` and ``warm``: beside the tests, the longest of the
+#: three, they take the cores the tests leave idle.
+SIDE_NICENESS = 10
 #: Steps run only when ``--steps`` names them.
 OPTIONAL_STEPS = ("paper",)
 #: The view whose train stage the ``paper`` step times (forensics starts from it).
@@ -121,15 +126,17 @@ def _env(extra_path: Path | None = None) -> dict:
     return env
 
 
-def _run(name: str, args: list[str], log: Path, timeout: float, cwd: Path = ROOT, env: dict | None = None) -> dict:
-    """Run one step with its output in ``log``; {"step", "rc", "seconds", "log"} (rc 124: out of time)."""
+def _run(name: str, args: list[str], log: Path, timeout: float, cwd: Path = ROOT, env: dict | None = None,
+         nice: int = 0) -> dict:
+    """Run one step with its output in ``log``; {"step", "rc", "seconds", "log"} (rc 124: out of time).
+    ``nice`` > 0 runs it, and every process it starts, at that lower CPU priority (``nice -n``)."""
     start = time.perf_counter()
     with open(log, "w") as fh:
         fh.write(f"$ {' '.join(args)}\n")
         fh.flush()
         # its own process group, so that running out of time also ends the stages DVC started
-        proc = subprocess.Popen(args, cwd=cwd, env=env or _env(), stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(["nice", "-n", str(nice), *args] if nice > 0 else args, cwd=cwd, env=env or _env(),
+                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             rc = proc.wait(timeout=max(1.0, timeout))
         except subprocess.TimeoutExpired:
@@ -148,8 +155,13 @@ def _append_part(log: Path, part: Path) -> None:
 
 
 def step_tests(out: Path, timeout: float) -> dict:
+    """The CUDA tests; besides ``tests.log`` and ``pytest.xml`` (both written at the end),
+    ``tests-progress.log`` gets each test's outcome and seconds, and a failure's report, as the
+    test ends (tests/conftest.py, ``RAWDRIFT_TEST_PROGRESS``): what a crash later in the run
+    (a segmentation fault in compiled code) leaves of it."""
+    env = dict(_env(), RAWDRIFT_TEST_PROGRESS=str(out / "tests-progress.log"))
     return _run("tests", [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-                          f"--junitxml={out / 'pytest.xml'}", *TESTS], out / "tests.log", timeout)
+                          f"--junitxml={out / 'pytest.xml'}", *TESTS], out / "tests.log", timeout, env=env)
 
 
 def step_repro(out: Path, timeout: float) -> dict:
@@ -162,7 +174,7 @@ def step_repro(out: Path, timeout: float) -> dict:
         demo.create(ws, overrides={"device": "cuda", "precision": "auto"})
         env = _env(ws)
         result = _run("repro", [sys.executable, "-m", "dvc", "repro"], log, timeout - (time.perf_counter() - start),
-                      cwd=ws, env=env)
+                      cwd=ws, env=env, nice=SIDE_NICENESS)
         if (ws / "metrics").is_dir():
             shutil.copytree(ws / "metrics", out / "repro-metrics", dirs_exist_ok=True)
         result["workspace"] = str(ws)
@@ -181,7 +193,7 @@ def step_warm(out: Path, timeout: float) -> dict:
     datasets = list(PAPER_PROTOCOL["datasets"])
     with ThreadPoolExecutor(len(datasets)) as pool:
         parts = list(pool.map(lambda d: _run("warm", [sys.executable, "-m", "rawdrift.bench", "--warm", "--datasets", d],
-                                             out / f"warm-{d}.log", timeout), datasets))
+                                             out / f"warm-{d}.log", timeout, nice=SIDE_NICENESS), datasets))
     log = out / "warm.log"
     log.write_text("")
     for p in parts:

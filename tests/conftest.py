@@ -1,6 +1,7 @@
 """Fixtures shared by the whole test tree (plain helper functions: tests/helpers.py)."""
 
 import os
+import time
 
 import pytest
 import torch
@@ -18,6 +19,25 @@ def pytest_configure(config):
         threads = max(1, available_cores() // workers)
         torch.set_num_threads(threads)
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+_START = time.monotonic()
+
+
+def pytest_runtest_logreport(report):
+    """With ``RAWDRIFT_TEST_PROGRESS`` naming a file (``make gpu-check``'s tests step), each
+    test's outcome and seconds, and a failure's full report, are appended to it as the test
+    ends, not at the end of the run, so that a crash later on (a segmentation fault in
+    compiled code) does not take them along. A line: seconds since the start, outcome, the
+    phase's seconds, the test."""
+    path = os.environ.get("RAWDRIFT_TEST_PROGRESS")
+    if not path or not (report.when == "call" or report.failed or report.skipped):
+        return
+    with open(path, "a") as fh:
+        fh.write(f"{time.monotonic() - _START:8.1f} {report.outcome:7} {report.duration:7.1f} s "
+                 f"{report.nodeid}{'' if report.when == 'call' else f' ({report.when})'}\n")
+        if report.failed:
+            fh.write(report.longreprtext + "\n")
 
 
 @pytest.fixture(params=["microscopy", "drone"])

@@ -479,6 +479,52 @@ def test_gpu_check_reports_every_step_and_fails_on_any_failure(tmp_path, monkeyp
     assert gpucheck.main(["--out", str(tmp_path / "d"), "--steps", "tests,lint"]) == 2
 
 
+def test_gpu_check_tests_step_keeps_each_outcome_through_a_crash(tmp_path, monkeypatch):
+    """The tests step's progress log (tests/conftest.py's hook) holds every ended test's outcome
+    and seconds and a failure's report, though the run then dies of a segmentation fault."""
+    from rawdrift import gpucheck
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_crash.py").write_text(
+        "import ctypes\n\n"
+        "def test_a():\n    assert 1 + 1 == 2\n\n"
+        "def test_b():\n    assert sum([0.1] * 3) == 0.3, 'rounding'\n\n"
+        "def test_c():\n    ctypes.string_at(0)\n")
+    monkeypatch.setattr(gpucheck, "TESTS", ("-p", "conftest", str(suite / "test_crash.py")))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
+    out = tmp_path / "out"
+    out.mkdir()
+    r = gpucheck.step_tests(out, 120)
+    assert r["rc"] not in (0, 1, 124)                                         # died, not failed
+    lines = (out / "tests-progress.log").read_text().splitlines()
+    assert [ln.split()[1] for ln in lines if "::test_" in ln] == ["passed", "failed"]
+    assert all(float(ln.split()[2]) >= 0 for ln in lines if "::test_" in ln)
+    assert any("AssertionError: rounding" in ln for ln in lines)
+    assert not (out / "pytest.xml").exists()                                  # what the log stands in for
+
+
+def test_gpu_check_side_steps_run_at_lower_cpu_priority(tmp_path, monkeypatch):
+    """repro and warm run under ``nice``, the tests at the caller's priority: ``_run`` with
+    ``nice`` starts the command (and what it starts) that much lower."""
+    from rawdrift import gpucheck
+    own = os.nice(0)
+    r = gpucheck._run("x", ["sh", "-c", "nice"], tmp_path / "x.log", 30, nice=gpucheck.SIDE_NICENESS)
+    assert r["rc"] == 0
+    assert int((tmp_path / "x.log").read_text().split()[-1]) == min(19, own + gpucheck.SIDE_NICENESS)
+    seen = {}
+
+    def fake_run(name, args, log, timeout, **kw):
+        seen[name] = kw.get("nice", 0)
+        log.write_text("")
+        return {"step": name, "rc": 0, "seconds": 0.0, "log": str(log)}
+    monkeypatch.setattr(gpucheck, "_run", fake_run)
+    monkeypatch.setattr("rawdrift.demo.create", lambda ws, **kw: ws.mkdir(parents=True))
+    gpucheck.step_tests(tmp_path, 30)
+    gpucheck.step_warm(tmp_path, 30)
+    gpucheck.step_repro(tmp_path, 30)
+    assert seen == {"tests": 0, "warm": gpucheck.SIDE_NICENESS, "repro": gpucheck.SIDE_NICENESS}
+
+
 def test_gpu_check_paper_step_times_one_train_stage_per_dataset(tmp_path):
     """The ``paper`` step on the CPU at a tiny size (overrides over profiles/paper.yaml): fetch
     and render, then the train stage alone, timed, next to the projection of a ``cuda.json``."""
