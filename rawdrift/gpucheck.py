@@ -27,9 +27,11 @@ and then the train stage alone, timed: ``bench/gpu-check/paper.json``, next to w
 
 Each step's output goes to ``bench/gpu-check/<step>.log``; ``bench/gpu-check/report.json``
 records every step's exit status and seconds, the device, and the torch, Python and numpy
-versions. The exit status is 0 only if every step passed inside the budget. Without a CUDA
-device it stops at once with one line and exit status 2. Nothing outside ``bench/`` and a
-temporary folder is written; the workspace's own DVC cache is not touched.
+versions; it is rewritten as each step ends (``"finished": false`` and the ``pending`` steps
+until the run ends), so a run killed from outside keeps what it finished. The exit status
+is 0 only if every step passed inside the budget. Without a CUDA device it stops at once with
+one line and exit status 2. Nothing outside ``bench/`` and a temporary folder is written; the
+workspace's own DVC cache is not touched.
 """
 
 from __future__ import annotations
@@ -44,9 +46,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from rawdrift.io import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_CUDA = "make gpu-check: no CUDA device (torch.cuda.is_available() is false)"
@@ -312,14 +317,32 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     done: dict[str, dict] = {}
 
+    env_info = environment()
+    lock = threading.Lock()
+
+    def write_report(final: bool) -> dict:
+        """report.json as it stands: rewritten (atomically) as each step ends, so that a run
+        killed from outside (a machine's time limit) leaves the steps it finished."""
+        with lock:
+            total = time.perf_counter() - start
+            results = [done[name] for name in steps if name in done]
+            passed = final and all(r["rc"] == 0 for r in results) and total <= args.budget
+            report = {"passed": passed, "finished": final, "seconds": round(total, 1), "budget_s": args.budget,
+                      "steps": results, "pending": [name for name in steps if name not in done],
+                      "environment": env_info}
+            write_json(out / "report.json", report)
+            return report
+
     def run(name: str) -> None:
         left = args.budget - (time.perf_counter() - start)
         if left <= 0:
             done[name] = {"step": name, "rc": 124, "seconds": 0.0, "log": None, "note": "not started: budget spent"}
             return
         r = done[name] = RUNNERS[name](out, left)
+        write_report(final=False)
         print(f"make gpu-check: {name}: {'ok' if r['rc'] == 0 else 'FAILED (exit %d)' % r['rc']} in {r['seconds']:.0f} s"
               f" (log {r['log']})", flush=True)
+    write_report(final=False)
     together = [] if args.serial else [s for s in steps if s in UNTIMED_STEPS]
     if together:
         with ThreadPoolExecutor(len(together)) as pool:
@@ -327,16 +350,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in steps:
         if name not in done:
             run(name)
-    results = [done[name] for name in steps]
-    total = time.perf_counter() - start
-    passed = all(r["rc"] == 0 for r in results) and total <= args.budget
-    report = {"passed": passed, "seconds": round(total, 1), "budget_s": args.budget, "steps": results,
-              "environment": environment()}
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"make gpu-check: {'passed' if passed else 'FAILED'} in {total:.0f} s of {args.budget:.0f} "
-          f"({report['environment'].get('device')}); report {out / 'report.json'}")
-    return 0 if passed else 1
-
+    report = write_report(final=True)
+    print(f"make gpu-check: {'passed' if report['passed'] else 'FAILED'} in {report['seconds']:.0f} s of "
+          f"{args.budget:.0f} ({env_info.get('device')}); report {out / 'report.json'}")
+    return 0 if report["passed"] else 1
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -465,10 +465,19 @@ def test_gpu_check_reports_every_step_and_fails_on_any_failure(tmp_path, monkeyp
             calls.append(left)
             return {"step": "x", "rc": rc, "seconds": 0.0, "log": str(out / "x.log")}
         return step
-    monkeypatch.setattr(gpucheck, "RUNNERS", {"tests": fake(0), "repro": fake(0), "warm": fake(0), "bench": fake(0)})
+    seen_by_bench = []
+
+    def bench(out, left):                      # what a run killed during the bench would leave
+        seen_by_bench.append(json.loads((out / "report.json").read_text()))
+        return fake(0)(out, left)
+    monkeypatch.setattr(gpucheck, "RUNNERS", {"tests": fake(0), "repro": fake(0), "warm": fake(0), "bench": bench})
     assert gpucheck.main(["--out", str(tmp_path / "a")]) == 0
     report = json.loads((tmp_path / "a/gpu-check/report.json").read_text())
     assert report["passed"] and len(report["steps"]) == 4 and report["budget_s"] == 600
+    assert report["finished"] and report["pending"] == []
+    partial = seen_by_bench[0]
+    assert not partial["passed"] and not partial["finished"] and partial["pending"] == ["bench"]
+    assert len(partial["steps"]) == 3 and partial["environment"] == report["environment"]
     assert {"python", "torch", "numpy"} <= set(report["environment"])
     monkeypatch.setitem(gpucheck.RUNNERS, "repro", fake(1))
     assert gpucheck.main(["--out", str(tmp_path / "b"), "--steps", "tests,repro"]) == 1

@@ -73,7 +73,7 @@ def device_constant(values, dtype: torch.dtype, device, key=None) -> torch.Tenso
     can later be saved for a backward pass. Read-only by contract: never modified in place.
     Under ``torch.compile`` the constant is made in the traced graph instead (no cache, no
     graph break): a function must then build it with torch operations (as
-    :func:`bayer_masks` does) and an array be given as nested lists,
+    :func:`symmetric_index` and :func:`bayer_masks` do) and an array be given as nested lists,
     which inductor stores once with the compiled code (a numpy array would become an input of
     the graph, copied to the device on every call).
     """
@@ -111,23 +111,57 @@ def gaussian_kernel_2d(sigma: float = GAUSSIAN_SIGMA, truncate: float = 4.0) -> 
     return gaussian_2d(sigma, scipy_radius(sigma, truncate))
 
 
+def symmetric_index(n: int, pad: int, device) -> torch.Tensor:
+    """Indices (n + 2 pad,) int64 of a length-``n`` axis padded by ``pad <= n`` mirroring the
+    edge sample (numpy ``symmetric``: -1 -> 0, n -> n - 1), cached on ``device``."""
+    def build() -> torch.Tensor:
+        i = torch.arange(-pad, n + pad, device=device)
+        i = torch.where(i < 0, -1 - i, i)
+        return torch.where(i >= n, 2 * n - 1 - i, i)
+    return device_constant(build, torch.int64, device, key=("symmetric", n, pad))
+
+
+class SymmetricPad(torch.autograd.Function):
+    """The symmetric pad of the last two dims: an index gather forward, and a backward that
+    folds the padded borders back onto the edges with slice additions.
+
+    The gather's own backward is a scatter-add (``index_add``); torch 2.11's inductor compiles
+    it inside :func:`process` into CPU code that returns wrong black-level gradients (off by up
+    to 97 %) and corrupts memory. Written as slices it compiles right on torch 2.11 and 2.14,
+    and where ``2 pad <= H, W`` each sample sums at most two gradients per axis, exact in any
+    order: bit for bit the gather's backward. (Concatenated flipped slices would avoid the
+    scatter too, but inductor's CPU code for them runs the compiled step about twice as slow.)
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, pad: int) -> torch.Tensor:
+        ctx.pad = pad
+        h, w = x.shape[-2:]
+        return x.index_select(-2, symmetric_index(h, pad, x.device)).index_select(-1, symmetric_index(w, pad, x.device))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        p = ctx.pad
+        cols = grad[..., p:-p].clone()
+        cols[..., :p] += grad[..., :p].flip(-1)
+        cols[..., -p:] += grad[..., -p:].flip(-1)
+        rows = cols[..., p:-p, :].clone()
+        rows[..., :p, :] += cols[..., :p, :].flip(-2)
+        rows[..., -p:, :] += cols[..., -p:, :].flip(-2)
+        return rows, None
+
+
 def pad_symmetric(x: torch.Tensor, pad: int) -> torch.Tensor:
     """Pad the last two dims by ``pad`` mirroring the edge sample (scipy ``reflect``: d c b a | a b c d).
 
-    Flipped edge slices concatenated, rows then columns; needs ``pad <= H, W``. Differentiable,
-    and its backward only adds slices: where ``2 pad <= H, W`` each sample receives at most two
-    gradients, so the sum is exact in any order (no scatter). An index gather
-    (``index_select``) computes the same forward, but torch 2.11's inductor compiles its
-    backward inside :func:`process` into CPU code that returns wrong black-level gradients and
-    corrupts memory (tests/isp/test_differentiable.py's compiled test shows it there).
+    Differentiable (:class:`SymmetricPad`); needs ``pad <= H, W``.
     """
     if pad == 0:
         return x
     h, w = x.shape[-2:]
     if pad > h or pad > w:
         raise RawdriftError(f"image {h}x{w} too small for a symmetric pad of {pad}")
-    x = torch.cat([x[..., :pad, :].flip(-2), x, x[..., -pad:, :].flip(-2)], dim=-2)
-    return torch.cat([x[..., :pad].flip(-1), x, x[..., -pad:].flip(-1)], dim=-1)
+    return SymmetricPad.apply(x, pad)
 
 
 def _conv_same(x: torch.Tensor, kernel: torch.Tensor, padding: str) -> torch.Tensor:

@@ -9,7 +9,7 @@ from rawdrift.camera import CAMERAS
 from rawdrift.errors import RawdriftError
 from rawdrift.isp import PARAMETER_GROUPS, ParametrizedISP, render_static
 from rawdrift.isp.differentiable import (bayer_masks, clipped_gamma, compiled_process, gaussian_kernel_2d,
-                                         pad_symmetric, process)
+                                         pad_symmetric, process, symmetric_index)
 
 
 def test_gaussian_kernel_matches_facts():
@@ -44,7 +44,11 @@ def test_pad_symmetric_backward_is_the_adjoint(h, w, pad):
     np.testing.assert_allclose(grad, expect, rtol=1e-14)
 
 
-def test_bayer_masks_made_with_torch_equal_the_numpy_ones():
+def test_constants_made_with_torch_equal_the_numpy_ones():
+    for n in (4, 5, 64):
+        for pad in (1, 2, 4):
+            np.testing.assert_array_equal(symmetric_index(n, pad, "cpu").numpy(),
+                                          np.pad(np.arange(n), pad, mode="symmetric"), err_msg=f"{n} {pad}")
     rggb = np.zeros((3, 6, 8))
     rggb[0, 0::2, 0::2] = rggb[1, 0::2, 1::2] = rggb[1, 1::2, 0::2] = rggb[2, 1::2, 1::2] = 1
     np.testing.assert_array_equal(bayer_masks(6, 8, dtype=torch.float64).numpy(), rggb)
