@@ -355,5 +355,6 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.budget:.0f} ({env_info.get('device')}); report {out / 'report.json'}")
     return 0 if report["passed"] else 1
 
+
 if __name__ == "__main__":
     sys.exit(main())
