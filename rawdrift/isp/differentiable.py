@@ -103,14 +103,6 @@ def _as_tensor(values, dtype: torch.dtype, device) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(values), dtype=dtype, device=device)
 
 
-def gaussian_kernel_2d(sigma: float = GAUSSIAN_SIGMA, truncate: float = 4.0) -> np.ndarray:
-    """The 2-D kernel that ``scipy.ndimage.gaussian_filter(sigma, truncate)`` applies.
-
-    Returns an odd square array with radius ``int(truncate * sigma + 0.5)`` summing to 1.
-    """
-    return gaussian_2d(sigma, scipy_radius(sigma, truncate))
-
-
 def symmetric_index(n: int, pad: int, device) -> torch.Tensor:
     """Indices (n + 2 pad,) int64 of a length-``n`` axis padded by ``pad <= n`` mirroring the
     edge sample (numpy ``symmetric``: -1 -> 0, n -> n - 1), cached on ``device``."""
@@ -119,6 +111,14 @@ def symmetric_index(n: int, pad: int, device) -> torch.Tensor:
         i = torch.where(i < 0, -1 - i, i)
         return torch.where(i >= n, 2 * n - 1 - i, i)
     return device_constant(build, torch.int64, device, key=("symmetric", n, pad))
+
+
+def gaussian_kernel_2d(sigma: float = GAUSSIAN_SIGMA, truncate: float = 4.0) -> np.ndarray:
+    """The 2-D kernel that ``scipy.ndimage.gaussian_filter(sigma, truncate)`` applies.
+
+    Returns an odd square array with radius ``int(truncate * sigma + 0.5)`` summing to 1.
+    """
+    return gaussian_2d(sigma, scipy_radius(sigma, truncate))
 
 
 class SymmetricPad(torch.autograd.Function):
