@@ -12,7 +12,8 @@
   network at the batch they add up to (what one busy device can do): the other remedy for a
   launch-bound step than the CUDA graphs of ``compile: reduce-overhead``;
 - inference (the held-out evaluations), the joint data-model + task-model step (optimize)
-  and forensics' search step (:func:`bench_search`);
+  and forensics' search step (:func:`bench_search`), the search also eager where the
+  profile compiles it (``rates.<dataset>.search_eager``: whether compiling pays there);
 
 the static views (batched torch on the device against the numpy reference on one core), and
 the common corruptions (images/s per corruption and severity at the paper profile's tile
@@ -582,6 +583,14 @@ def compiled_rates(dataset: str, cfg_values: dict, size: int, batch: int, device
                                    compile_mode=compile_mode, **(QUICK_SEARCH if quick else {}))}
 
 
+def eager_search_rate(dataset: str, cfg_values: dict, size: int, device: torch.device, amp: bool, **counts) -> float:
+    """Forensics' search step eager (:func:`bench_search` at :func:`search_shape`, ``compile:
+    none``), beside the profile's compiled one: whether compiling the searches pays on this
+    device. ``counts``: :func:`bench_search`'s ``windows``, ``steps`` and ``epochs``."""
+    tiles, searches = search_shape(device)
+    return bench_search(dataset, cfg_values, size, tiles, searches, device, amp=amp, compile_mode="none", **counts)
+
+
 def warm_compiles(setups: dict, size: int, device: torch.device, amp: bool, compile_mode: str) -> None:
     """Compile every graph the bench runs compiled (:func:`compiled_rates` and
     :func:`bench_determinism`, each one step at its shapes) and measure nothing. Inductor's
@@ -685,6 +694,8 @@ def main(argv=None) -> None:
                        "inference": bench_inference(name, values, size, max(batch, 64), device, amp=amp,
                                                     n_data=256 if cuda else 64),
                        "joint": measured["joint"], "search": measured["search"]}
+        if mode != "none":
+            rates[name]["search_eager"] = eager_search_rate(name, values, size, device, amp)
     flops = {name: training_flops(name, values, size) for name, (values, _) in setups.items()}
     for r in runs:
         r["training_tflop_per_s"] = r["pipeline_images_per_s"] * flops[r["dataset"]] / 1e12
@@ -713,6 +724,11 @@ def main(argv=None) -> None:
         print(f"{c['dataset']}: {c['processes']} folds at once, eager: {c['images_per_s']:.0f} img/s together "
               f"({c['speedup']:.2f}x one loop) vs {c['ceiling_at_summed_batch_images_per_s']:.0f} model-only at batch "
               f"{c['batch'] * c['processes']}")
+    for name, r in rates.items():
+        if "search_eager" in r:
+            print(f"{name}: forensics' search step {r['search']:.0f} img/s ({mode}) vs {r['search_eager']:.0f} eager "
+                  f"({r['search'] / r['search_eager']:.2f}x), {search_shape(device)[1]} searches of "
+                  f"{search_shape(device)[0]} tiles a pass")
     for name, d in determinism.items():
         print(f"{name}: deterministic: true costs {100 * d['deterministic_cost']:.0f} % of the training step "
               f"(compile: {d['compile']}) "

@@ -3,9 +3,10 @@
 ``python -m rawdrift.gpucheck`` runs, within one time budget (10 minutes), steps 1 to 3 at the
 same time (they time nothing; ``--serial``: one after the other), then step 4 alone:
 
-1. ``tests``: the CUDA tests (``pytest tests/test_cuda.py tests/isp/test_differentiable.py``),
-   report ``bench/gpu-check/pytest.xml``, and each test's outcome and seconds as it ends in
-   ``bench/gpu-check/tests-progress.log`` (kept through a crash);
+1. ``tests``: the CUDA tests (``pytest -m cuda``: tests/test_cuda.py and the ``device``
+   fixture's CUDA cases elsewhere; ``make test`` runs the rest, this module's own tests
+   included), report ``bench/gpu-check/pytest.xml``, and each test's outcome and seconds as
+   it ends in ``bench/gpu-check/tests-progress.log`` (kept through a crash);
 2. ``repro``: the whole DAG at the demo's tiny profile in a scratch git + DVC workspace
    (:mod:`rawdrift.demo`) with ``device: cuda`` and ``precision: auto``, i.e. ``dvc repro`` as
    ``-S device=cuda`` gives it; its metrics are copied to ``bench/gpu-check/repro-metrics/``;
@@ -66,8 +67,11 @@ SIDE_NICENESS = 10
 OPTIONAL_STEPS = ("paper",)
 #: The view whose train stage the ``paper`` step times (forensics starts from it).
 PAPER_VIEW = "bi_s_ga"
-#: The CUDA tests; tests/isp/test_differentiable.py holds the ISP's original CUDA-vs-CPU check.
-TESTS = ("tests/test_cuda.py", "tests/isp/test_differentiable.py")
+#: The tests step runs the tests marked so (pytest.ini): all of tests/test_cuda.py and the
+#: CUDA case of tests/conftest.py's ``device`` fixture.
+TEST_MARKER = "cuda"
+#: The files that hold them (tests/test_gpucheck.py checks the list against the marker).
+TESTS = ("tests/test_cuda.py", "tests/isp/test_differentiable.py", "tests/test_bench.py")
 BUDGET_S = 600
 
 
@@ -165,7 +169,7 @@ def step_tests(out: Path, timeout: float) -> dict:
     test ends (tests/conftest.py, ``RAWDRIFT_TEST_PROGRESS``): what a crash later in the run
     (a segmentation fault in compiled code) leaves of it."""
     env = dict(_env(), RAWDRIFT_TEST_PROGRESS=str(out / "tests-progress.log"))
-    return _run("tests", [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+    return _run("tests", [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", TEST_MARKER,
                           f"--junitxml={out / 'pytest.xml'}", *TESTS], out / "tests.log", timeout, env=env)
 
 

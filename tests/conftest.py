@@ -46,9 +46,10 @@ def camera(request):
     return CAMERAS[request.param]
 
 
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is false)"))])
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is false)")])])
 def device(request):
     """The devices a cheap test runs on (Kornia style): the CPU always, CUDA when present
-    (reported as skipped, with the reason, where there is none)."""
+    (reported as skipped, with the reason, where there is none); the CUDA case is marked
+    ``cuda``, which ``make gpu-check`` selects."""
     return torch.device(request.param)

@@ -82,12 +82,10 @@ def test_step_modes_bench_compares_against_eager_and_records_failures():
     assert set(bad["eager"]) == {"error"} and "divisible by 32" in bad["eager"]["error"]
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is false)"))])
 def test_determinism_bench_measures_both_policies_on_cuda_only(device):
     setups = {"microscopy": ({"classes": 3}, 4)}
-    out = bench_determinism(setups, 16, torch.device(device), amp=False, compile_mode="default")
-    if device == "cpu":
+    out = bench_determinism(setups, 16, device, amp=False, compile_mode="default")
+    if device.type == "cpu":
         assert out == {}                              # the flag changes nothing on a CPU
         return
     d = out["microscopy"]
@@ -168,6 +166,19 @@ def test_warm_runs_every_compiled_measurement_at_the_bench_shapes(monkeypatch):
     calls.clear()
     warm_compiles(setups, 16, CPU, False, "none")
     assert calls == []
+
+
+def test_eager_search_rate_measures_the_search_eager_at_the_bench_shapes(monkeypatch):
+    """The eager search beside the compiled one: the same shapes (:func:`search_shape`), no
+    compile; a real measurement at a tiny size is a positive rate."""
+    import rawdrift.bench as B
+    seen = []
+    real = B.bench_search
+    monkeypatch.setattr(B, "bench_search", lambda *a, **kw: seen.append((a, kw)) or real(*a, **kw))
+    rate = B.eager_search_rate("microscopy", {"classes": 3}, 32, CPU, False, windows=1, steps=1, epochs=1)
+    assert rate > 0
+    (args, kw), = seen
+    assert args[3:5] == search_shape(CPU) and kw["compile_mode"] == "none" and kw["amp"] is False
 
 
 @pytest.mark.slow      # two processes compiling ResNet18's graphs on the CPU (about 2 minutes on 2 cores)

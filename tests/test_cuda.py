@@ -1,10 +1,11 @@
 """CUDA against the CPU: the ISPs on the device, the stages on tiny data, the backend policy.
 
 Tests that need a GPU are skipped (with the reason) where ``torch.cuda.is_available()`` is
-false; ``make gpu-check`` runs this file on a CUDA machine. The cheap ISP tests take the
-``device`` fixture (tests/conftest.py) and run on the CPU as well. The tests of
-:func:`rawdrift.runtime.configure_backends`, of the cached ISP constants and of ``make
-gpu-check`` without a GPU run on the CPU.
+false; ``make gpu-check`` runs this file on a CUDA machine (every test here is marked
+``cuda``; its tests step runs ``pytest -m cuda``). The cheap ISP tests take the ``device``
+fixture (tests/conftest.py) and run on the CPU as well. The tests of
+:func:`rawdrift.runtime.configure_backends` and of the cached ISP constants run on the CPU;
+``make gpu-check`` itself is tested in tests/test_gpucheck.py.
 
 What "agree" means:
 - render (float64): the stored uint16 views bit-identical, the float64 views within 1e-12
@@ -37,13 +38,13 @@ from helpers import photo_raw
 from rawdrift.camera import CAMERAS
 from rawdrift.isp import VIEWS, ParametrizedISP, render_static
 from rawdrift.isp.batched import render_batch
-from rawdrift.profiles import resolve
 from rawdrift.runtime import configure_backends, stage_platform
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA = torch.cuda.is_available()
 NO_CUDA_REASON = "no CUDA device (torch.cuda.is_available() is false)"
 requires_cuda = pytest.mark.skipif(not CUDA, reason=NO_CUDA_REASON)
+pytestmark = pytest.mark.cuda
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,200 +435,3 @@ def test_compiled_steps_on_cuda_agree_with_eager(workspaces, tmp_path, dataset):
         for key, e in per_lambda.items():
             assert_within_fold_spread(e["metric"]["per_fold"], compiled["results"][g][key]["metric"]["per_fold"],
                                       f"compiled forensics {dataset} {g} lambda {key}")
-
-
-# ---------------------------------------------------------------------------------------------
-# make gpu-check without a GPU
-
-@pytest.mark.skipif(CUDA, reason="a CUDA device is present: make gpu-check would run for real")
-def test_gpu_check_without_cuda_fails_with_one_line(tmp_path):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    r = subprocess.run([sys.executable, "-m", "rawdrift.gpucheck", "--out", str(tmp_path / "bench")], cwd=ROOT,
-                       env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode != 0
-    assert r.stderr.strip() == "make gpu-check: no CUDA device (torch.cuda.is_available() is false)"
-    assert not (tmp_path / "bench").exists()
-    if shutil.which("make"):
-        r = subprocess.run(["make", "-s", "gpu-check", f"PYTHON={sys.executable}", f"BIN={tmp_path}/no-venv"],
-                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-        assert r.returncode != 0
-        assert "make gpu-check: no CUDA device (torch.cuda.is_available() is false)" in r.stderr.splitlines()
-
-
-def test_gpu_check_reports_every_step_and_fails_on_any_failure(tmp_path, monkeypatch):
-    """The orchestration, with the steps replaced: report.json, exit status, the budget."""
-    from rawdrift import gpucheck
-    monkeypatch.setattr(gpucheck, "cuda_available", lambda: True)
-    calls = []
-
-    def fake(rc):
-        def step(out, left):
-            calls.append(left)
-            return {"step": "x", "rc": rc, "seconds": 0.0, "log": str(out / "x.log")}
-        return step
-    seen_by_bench = []
-
-    def bench(out, left):                      # what a run killed during the bench would leave
-        seen_by_bench.append(json.loads((out / "report.json").read_text()))
-        return fake(0)(out, left)
-    monkeypatch.setattr(gpucheck, "RUNNERS", {"tests": fake(0), "repro": fake(0), "warm": fake(0), "bench": bench})
-    assert gpucheck.main(["--out", str(tmp_path / "a")]) == 0
-    report = json.loads((tmp_path / "a/gpu-check/report.json").read_text())
-    assert report["passed"] and len(report["steps"]) == 4 and report["budget_s"] == 600
-    assert report["finished"] and report["pending"] == []
-    partial = seen_by_bench[0]
-    assert not partial["passed"] and not partial["finished"] and partial["pending"] == ["bench"]
-    assert len(partial["steps"]) == 3 and partial["environment"] == report["environment"]
-    assert {"python", "torch", "numpy"} <= set(report["environment"])
-    monkeypatch.setitem(gpucheck.RUNNERS, "repro", fake(1))
-    assert gpucheck.main(["--out", str(tmp_path / "b"), "--steps", "tests,repro"]) == 1
-    assert [s["rc"] for s in json.loads((tmp_path / "b/gpu-check/report.json").read_text())["steps"]] == [0, 1]
-    calls.clear()
-    assert gpucheck.main(["--out", str(tmp_path / "c"), "--budget", "0"]) == 1      # out of time: nothing starts
-    assert not calls
-    assert gpucheck.main(["--out", str(tmp_path / "d"), "--steps", "tests,lint"]) == 2
-
-
-def test_gpu_check_tests_step_keeps_each_outcome_through_a_crash(tmp_path, monkeypatch):
-    """The tests step's progress log (tests/conftest.py's hook) holds every ended test's outcome
-    and seconds and a failure's report, though the run then dies of a segmentation fault."""
-    from rawdrift import gpucheck
-    suite = tmp_path / "suite"
-    suite.mkdir()
-    (suite / "test_crash.py").write_text(
-        "import ctypes\n\n"
-        "def test_a():\n    assert 1 + 1 == 2\n\n"
-        "def test_b():\n    assert sum([0.1] * 3) == 0.3, 'rounding'\n\n"
-        "def test_c():\n    ctypes.string_at(0)\n")
-    monkeypatch.setattr(gpucheck, "TESTS", ("-p", "conftest", str(suite / "test_crash.py")))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
-    out = tmp_path / "out"
-    out.mkdir()
-    r = gpucheck.step_tests(out, 120)
-    assert r["rc"] not in (0, 1, 124)                                         # died, not failed
-    lines = (out / "tests-progress.log").read_text().splitlines()
-    assert [ln.split()[1] for ln in lines if "::test_" in ln] == ["passed", "failed"]
-    assert all(float(ln.split()[2]) >= 0 for ln in lines if "::test_" in ln)
-    assert any("AssertionError: rounding" in ln for ln in lines)
-    assert not (out / "pytest.xml").exists()                                  # what the log stands in for
-
-
-def test_gpu_check_side_steps_run_at_lower_cpu_priority(tmp_path, monkeypatch):
-    """repro and warm run under ``nice``, the tests at the caller's priority: ``_run`` with
-    ``nice`` starts the command (and what it starts) that much lower."""
-    from rawdrift import gpucheck
-    own = os.nice(0)
-    r = gpucheck._run("x", ["sh", "-c", "nice"], tmp_path / "x.log", 30, nice=gpucheck.SIDE_NICENESS)
-    assert r["rc"] == 0
-    assert int((tmp_path / "x.log").read_text().split()[-1]) == min(19, own + gpucheck.SIDE_NICENESS)
-    seen = {}
-
-    def fake_run(name, args, log, timeout, **kw):
-        seen[name] = kw.get("nice", 0)
-        log.write_text("")
-        return {"step": name, "rc": 0, "seconds": 0.0, "log": str(log)}
-    monkeypatch.setattr(gpucheck, "_run", fake_run)
-    monkeypatch.setattr("rawdrift.demo.create", lambda ws, **kw: ws.mkdir(parents=True))
-    gpucheck.step_tests(tmp_path, 30)
-    gpucheck.step_warm(tmp_path, 30)
-    gpucheck.step_repro(tmp_path, 30)
-    assert seen == {"tests": 0, "warm": gpucheck.SIDE_NICENESS, "repro": gpucheck.SIDE_NICENESS}
-
-
-def test_gpu_check_paper_step_times_one_train_stage_per_dataset(tmp_path):
-    """The ``paper`` step on the CPU at a tiny size (overrides over profiles/paper.yaml): fetch
-    and render, then the train stage alone, timed, next to the projection of a ``cuda.json``."""
-    from rawdrift import gpucheck
-    bench = tmp_path / "bench"
-    out = bench / "gpu-check"
-    out.mkdir(parents=True)
-    (bench / "cuda.json").write_text(json.dumps({"protocol": {"views": 12}, "projection": {"datasets": {"microscopy": {
-        "train": 1200.0, "train_concurrent": 600.0}}}}))
-    tiny = {"device": "cpu", "views": ["bi_s_ga", "ma_s_ga"],
-            "data": {"folds": 2, "microscopy": {"count": 18, "tile": 32}},
-            "train": {"microscopy": {"epochs": 1, "batch_size": 6}}}
-    r = gpucheck.step_paper(out, 600, datasets=("microscopy",), overrides=tiny)
-    assert r["rc"] == 0, Path(r["log"]).read_text()[-2000:]
-    report = json.loads((out / "paper.json").read_text())
-    m = report["microscopy"]
-    assert m["render_s"] > 0 and m["train_s"] > 0
-    assert m["projected_s"] == pytest.approx(1200.0 / 12) and m["projected_concurrent_s"] == pytest.approx(50.0)
-    assert m["projected_compile"] == "none" and report["compile"] == resolve("paper", ROOT)["compile"]
-    ws = Path(r["workspace"])
-    params = yaml.safe_load((ws / "params.yaml").read_text())
-    assert params["train"]["microscopy"]["lr"] == 0.0001 and params["data"]["microscopy"]["tile"] == 32
-    assert (ws / "metrics/train/microscopy/bi_s_ga.json").is_file()
-    assert not (ws / "metrics/train/microscopy/ma_s_ga.json").exists()       # one train stage, not the matrix
-    assert "Running stage 'train@microscopy-bi_s_ga'" in Path(r["log"]).read_text()
-    shutil.rmtree(ws.parent)
-
-
-def test_gpu_check_runs_the_untimed_steps_together_and_the_bench_alone(tmp_path, monkeypatch):
-    """tests, repro and warm overlap (each waits on a barrier only the others can open); bench
-    starts after all ended; with --serial nothing overlaps."""
-    import threading
-    import time
-    from rawdrift import gpucheck
-    monkeypatch.setattr(gpucheck, "cuda_available", lambda: True)
-    spans, barrier = {}, threading.Barrier(3, timeout=10)
-
-    def step(name, wait):
-        def run(out, left):
-            t0 = time.monotonic()
-            if wait:
-                barrier.wait()
-            time.sleep(0.05)
-            spans[name] = (t0, time.monotonic())
-            return {"step": name, "rc": 0, "seconds": 0.0, "log": None}
-        return run
-    monkeypatch.setattr(gpucheck, "RUNNERS", {"tests": step("tests", True), "repro": step("repro", True),
-                                             "warm": step("warm", True), "bench": step("bench", False)})
-    assert gpucheck.main(["--out", str(tmp_path / "a"), "--steps", "bench,tests,warm,repro"]) == 0
-    assert spans["bench"][0] >= max(spans["tests"][1], spans["repro"][1], spans["warm"][1])
-    report = json.loads((tmp_path / "a/gpu-check/report.json").read_text())
-    assert [s["step"] for s in report["steps"]] == ["bench", "tests", "warm", "repro"]      # as asked
-    monkeypatch.setattr(gpucheck, "RUNNERS", {n: step(n, False) for n in ("tests", "repro", "warm", "bench")})
-    spans.clear()
-    assert gpucheck.main(["--out", str(tmp_path / "b"), "--serial"]) == 0
-    assert spans["tests"][1] <= spans["repro"][0] <= spans["repro"][1] <= spans["warm"][0]
-    assert spans["warm"][1] <= spans["bench"][0]
-
-
-def test_gpu_check_warm_step_compiles_each_dataset_in_its_own_process(tmp_path, monkeypatch):
-    """``warm``: one ``rawdrift.bench --warm --datasets <d>`` per dataset, at the same time, one
-    log; the step fails if any process did; every step shares the run's inductor cache."""
-    import threading
-    from rawdrift import gpucheck
-    from rawdrift.bench import PAPER_PROTOCOL
-    barrier, seen = threading.Barrier(len(PAPER_PROTOCOL["datasets"]), timeout=10), []
-
-    def fake_run(name, args, log, timeout, **kw):
-        barrier.wait()                               # returns only once every dataset's process started
-        seen.append(args[1:])
-        log.write_text(f"{args[-1]} compiled\n")
-        return {"step": name, "rc": 3 if args[-1] == "drone" else 0, "seconds": 1.0, "log": str(log)}
-    monkeypatch.setattr(gpucheck, "_run", fake_run)
-    r = gpucheck.step_warm(tmp_path, 60)
-    assert sorted(seen) == sorted(["-m", "rawdrift.bench", "--warm", "--datasets", d] for d in PAPER_PROTOCOL["datasets"])
-    assert r["rc"] == 3 and r["step"] == "warm"
-    assert sorted(Path(r["log"]).read_text().splitlines()) == sorted(f"{d} compiled" for d in PAPER_PROTOCOL["datasets"])
-    assert [p.name for p in tmp_path.iterdir()] == ["warm.log"]
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
-    cache = gpucheck._env()["TORCHINDUCTOR_CACHE_DIR"]
-    assert Path(cache).is_dir() and gpucheck._env()["TORCHINDUCTOR_CACHE_DIR"] == cache
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
-    assert gpucheck._env()["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
-    gpucheck._remove_scratch()
-    assert not Path(cache).exists()
-
-
-def test_gpu_check_names_missing_packages_in_one_line(tmp_path, monkeypatch, capsys):
-    from rawdrift import gpucheck
-    assert gpucheck.missing_packages() == []                  # the test venv has them all
-    assert gpucheck.missing_packages(("yaml", "no_such_module_here")) == ["no_such_module_here"]
-    monkeypatch.setattr(gpucheck, "cuda_available", lambda: True)
-    monkeypatch.setattr(gpucheck, "missing_packages", lambda: ["no_such_module_here"])
-    assert gpucheck.main(["--out", str(tmp_path / "b")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("make gpu-check: no_such_module_here not importable by ")
-    assert not (tmp_path / "b").exists()
