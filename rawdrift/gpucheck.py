@@ -24,7 +24,9 @@ One more step runs only when named (``--steps paper``, or ``make gpu-check GPU_C
 paper"``): ``paper``, one paper-size train stage per dataset (``train@<dataset>-bi_s_ga`` at
 ``profiles/paper.yaml`` with ``device: cuda``) in a scratch workspace, its fetch and render first
 and then the train stage alone, timed: ``bench/gpu-check/paper.json``, next to what
-``bench/cuda.json``'s rates project for that stage when that file is there.
+``bench/cuda.json``'s rates project for that stage when that file is there;
+``--paper-datasets`` picks the datasets and ``--paper-epochs`` shortens the stages (the
+projection scaled to match), for a machine whose time limit a whole stage would pass.
 
 Each step's output goes to ``bench/gpu-check/<step>.log``; ``bench/gpu-check/report.json``
 records every step's exit status and seconds, the device, and the torch, Python and numpy
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import functools
 import json
 import os
 import platform
@@ -67,6 +70,8 @@ SIDE_NICENESS = 10
 OPTIONAL_STEPS = ("paper",)
 #: The view whose train stage the ``paper`` step times (forensics starts from it).
 PAPER_VIEW = "bi_s_ga"
+#: The datasets whose train stage the ``paper`` step times, in turn (by default all of them).
+PAPER_DATASETS = ("microscopy", "drone")
 #: The tests step runs the tests marked so (pytest.ini): all of tests/test_cuda.py and the
 #: CUDA case of tests/conftest.py's ``device`` fixture.
 TEST_MARKER = "cuda"
@@ -216,31 +221,38 @@ def step_bench(out: Path, timeout: float) -> dict:
                 timeout)
 
 
-def _projected_train_stage(bench_json: Path, dataset: str) -> dict:
+def _projected_train_stage(bench_json: Path, dataset: str, epochs: int | None = None) -> dict:
     """What ``bench_json``'s rates (``make bench``) project for one train stage of ``dataset`` at
     the paper protocol: the projection's train time over the number of views of the protocol it
     projected (its ``protocol`` record), in lockstep and with concurrent folds, and the
-    ``compile`` mode its training steps were measured in; {} without the file."""
+    ``compile`` mode its training steps were measured in; {} without the file. ``epochs``: the
+    stage at that many epochs instead of the protocol's (the projection scales with them: each
+    epoch trains and evaluates the same images)."""
     if not bench_json.is_file():
         return {}
     bench = json.loads(bench_json.read_text())
-    proj, views = bench["projection"]["datasets"][dataset], bench["protocol"]["views"]
-    return {"projected_s": proj["train"] / views, "projected_concurrent_s": proj["train_concurrent"] / views,
-            "projected_compile": bench["protocol"].get("compile", "none")}
+    protocol = bench["protocol"]
+    proj, views = bench["projection"]["datasets"][dataset], protocol["views"]
+    full = protocol["datasets"][dataset]["epochs"]
+    scale = (epochs if epochs is not None else full) / full / views
+    return {"projected_s": proj["train"] * scale, "projected_concurrent_s": proj["train_concurrent"] * scale,
+            "projected_compile": protocol.get("compile", "none"), "projected_epochs": epochs or full}
 
 
-def step_paper(out: Path, timeout: float, datasets: tuple[str, ...] = ("microscopy", "drone"),
-               overrides: dict | None = None) -> dict:
+def step_paper(out: Path, timeout: float, datasets: tuple[str, ...] = PAPER_DATASETS,
+               overrides: dict | None = None, epochs: int | None = None) -> dict:
     """One paper-size train stage per dataset, timed (``train@<dataset>-bi_s_ga``).
 
     The workspace is ``profiles/paper.yaml`` over ``params.yaml`` (``overrides`` laid over that,
-    as a profile: e.g. a small size for a test on the CPU). Per dataset, ``dvc repro
+    as a profile: e.g. a small size for a test on the CPU; ``epochs``: every dataset's
+    ``train.<dataset>.epochs``, for a stage that fits a machine's time limit). Per dataset, ``dvc repro
     render@<dataset>`` (fetch and render), then ``dvc repro train@<dataset>-bi_s_ga`` alone,
-    each timed; ``out/paper.json``: {dataset: {"render_s", "train_s", "projected_s",
-    "projected_concurrent_s", "projected_compile"}, "concurrent_folds": the
+    each timed; ``out/paper.json``: {dataset: {"render_s", "train_s", "epochs", "projected_s",
+    "projected_concurrent_s", "projected_compile", "projected_epochs"}, "concurrent_folds": the
     ``RAWDRIFT_CONCURRENT_FOLDS`` it ran with, "compile": the workspace's ``compile`` param}
     (a projection measured in another mode than the stage ran is no yardstick for it: rerun
-    ``make bench`` first). A dataset whose command fails or runs out of time ends the step."""
+    ``make bench`` first; it counts no start-up or compiling, which a stage of few epochs
+    pays in full). A dataset whose command fails or runs out of time ends the step."""
     from rawdrift import demo, profiles
     log = out / "paper.log"
     start = time.perf_counter()
@@ -248,6 +260,9 @@ def step_paper(out: Path, timeout: float, datasets: tuple[str, ...] = ("microsco
     report: dict = {"concurrent_folds": os.environ.get("RAWDRIFT_CONCURRENT_FOLDS", "0")}
     try:
         params = profiles.apply(profiles.resolve("paper", ROOT), overrides or {}, "gpu-check paper overrides")
+        if epochs is not None:
+            params = profiles.apply(params, {"train": {ds: {"epochs": epochs} for ds in datasets}},
+                                    "gpu-check --paper-epochs")
         report["compile"] = params["compile"]
         ws = Path(tempfile.mkdtemp(prefix="rawdrift-gpucheck-paper-")) / "ws"
         demo.create(ws, params=params)
@@ -268,7 +283,8 @@ def step_paper(out: Path, timeout: float, datasets: tuple[str, ...] = ("microsco
                 result["rc"] = r["rc"]
                 break
             timings[key] = r["seconds"]
-        report[ds] = {**timings, **_projected_train_stage(out.parent / "cuda.json", ds)}
+        report[ds] = {**timings, "epochs": params["train"][ds]["epochs"],
+                      **_projected_train_stage(out.parent / "cuda.json", ds, epochs)}
         (out / "paper.json").write_text(json.dumps(report, indent=2) + "\n")
         if result["rc"] != 0:
             break
@@ -300,13 +316,28 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"comma-separated, of {','.join(STEPS + OPTIONAL_STEPS)} (default {','.join(STEPS)})")
     ap.add_argument("--serial", action="store_true",
                     help=f"one step at a time (default: {' and '.join(UNTIMED_STEPS)} together, then the rest)")
+    ap.add_argument("--paper-datasets", default=",".join(PAPER_DATASETS),
+                    help=f"the paper step's datasets, comma-separated, in turn (default {','.join(PAPER_DATASETS)})")
+    ap.add_argument("--paper-epochs", type=int, default=None,
+                    help="the paper step's train stages at this many epochs (default: the paper profile's, 100)")
     args = ap.parse_args(argv)
+    paper_datasets = tuple(d for d in args.paper_datasets.split(",") if d)
+    if not paper_datasets or any(d not in PAPER_DATASETS for d in paper_datasets):
+        print(f"make gpu-check: --paper-datasets: {args.paper_datasets!r}: of {', '.join(PAPER_DATASETS)}",
+              file=sys.stderr)
+        return 2
+    if args.paper_epochs is not None and args.paper_epochs < 1:
+        print(f"make gpu-check: --paper-epochs: {args.paper_epochs}: at least 1", file=sys.stderr)
+        return 2
     steps = [s for s in args.steps.split(",") if s]
     unknown = [s for s in steps if s not in STEPS + OPTIONAL_STEPS]
     if unknown:
         print(f"make gpu-check: unknown step {unknown[0]!r} (steps: {', '.join(STEPS + OPTIONAL_STEPS)})",
               file=sys.stderr)
         return 2
+    runners = dict(RUNNERS)
+    if "paper" in steps:
+        runners["paper"] = functools.partial(RUNNERS["paper"], datasets=paper_datasets, epochs=args.paper_epochs)
     if not cuda_available():
         print(NO_CUDA, file=sys.stderr)
         return 2
@@ -342,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         if left <= 0:
             done[name] = {"step": name, "rc": 124, "seconds": 0.0, "log": None, "note": "not started: budget spent"}
             return
-        r = done[name] = RUNNERS[name](out, left)
+        r = done[name] = runners[name](out, left)
         write_report(final=False)
         print(f"make gpu-check: {name}: {'ok' if r['rc'] == 0 else 'FAILED (exit %d)' % r['rc']} in {r['seconds']:.0f} s"
               f" (log {r['log']})", flush=True)

@@ -145,25 +145,52 @@ def test_gpu_check_paper_step_times_one_train_stage_per_dataset(tmp_path):
     bench = tmp_path / "bench"
     out = bench / "gpu-check"
     out.mkdir(parents=True)
-    (bench / "cuda.json").write_text(json.dumps({"protocol": {"views": 12}, "projection": {"datasets": {"microscopy": {
-        "train": 1200.0, "train_concurrent": 600.0}}}}))
+    (bench / "cuda.json").write_text(json.dumps({
+        "protocol": {"views": 12, "datasets": {"microscopy": {"epochs": 100}}},
+        "projection": {"datasets": {"microscopy": {"train": 1200.0, "train_concurrent": 600.0}}}}))
     tiny = {"device": "cpu", "views": ["bi_s_ga", "ma_s_ga"],
             "data": {"folds": 2, "microscopy": {"count": 18, "tile": 32}},
-            "train": {"microscopy": {"epochs": 1, "batch_size": 6}}}
-    r = gpucheck.step_paper(out, 600, datasets=("microscopy",), overrides=tiny)
+            "train": {"microscopy": {"batch_size": 6}}}
+    r = gpucheck.step_paper(out, 600, datasets=("microscopy",), overrides=tiny, epochs=2)
     assert r["rc"] == 0, Path(r["log"]).read_text()[-2000:]
     report = json.loads((out / "paper.json").read_text())
     m = report["microscopy"]
-    assert m["render_s"] > 0 and m["train_s"] > 0
-    assert m["projected_s"] == pytest.approx(1200.0 / 12) and m["projected_concurrent_s"] == pytest.approx(50.0)
+    assert m["render_s"] > 0 and m["train_s"] > 0 and m["epochs"] == m["projected_epochs"] == 2
+    assert m["projected_s"] == pytest.approx(1200.0 / 12 * 2 / 100)              # one view's stage at 2 epochs of 100
+    assert m["projected_concurrent_s"] == pytest.approx(600.0 / 12 * 2 / 100)
     assert m["projected_compile"] == "none" and report["compile"] == resolve("paper", ROOT)["compile"]
+    assert gpucheck._projected_train_stage(bench / "cuda.json", "microscopy")["projected_s"] == pytest.approx(100.0)
     ws = Path(r["workspace"])
     params = yaml.safe_load((ws / "params.yaml").read_text())
     assert params["train"]["microscopy"]["lr"] == 0.0001 and params["data"]["microscopy"]["tile"] == 32
+    assert params["train"]["microscopy"]["epochs"] == 2 and params["train"]["drone"]["epochs"] == 100
     assert (ws / "metrics/train/microscopy/bi_s_ga.json").is_file()
     assert not (ws / "metrics/train/microscopy/ma_s_ga.json").exists()       # one train stage, not the matrix
     assert "Running stage 'train@microscopy-bi_s_ga'" in Path(r["log"]).read_text()
     shutil.rmtree(ws.parent)
+
+
+def test_gpu_check_paper_flags_reach_the_paper_step_or_are_refused(tmp_path, monkeypatch, capsys):
+    from rawdrift import gpucheck
+    monkeypatch.setattr(gpucheck, "cuda_available", lambda: True)
+    monkeypatch.setattr(gpucheck, "missing_packages", lambda: [])
+    seen = []
+
+    def paper(out, left, **kw):
+        seen.append(kw)
+        return {"step": "paper", "rc": 0, "seconds": 0.0, "log": None}
+    monkeypatch.setitem(gpucheck.RUNNERS, "paper", paper)
+    assert gpucheck.main(["--out", str(tmp_path / "a"), "--steps", "paper", "--paper-datasets", "drone",
+                          "--paper-epochs", "10"]) == 0
+    assert gpucheck.main(["--out", str(tmp_path / "b"), "--steps", "paper"]) == 0
+    assert seen == [{"datasets": ("drone",), "epochs": 10}, {"datasets": gpucheck.PAPER_DATASETS, "epochs": None}]
+    capsys.readouterr()
+    for flags, line in ((["--paper-datasets", "drone,sky"], "make gpu-check: --paper-datasets: 'drone,sky': of "
+                         "microscopy, drone"),
+                        (["--paper-epochs", "0"], "make gpu-check: --paper-epochs: 0: at least 1")):
+        assert gpucheck.main(["--out", str(tmp_path / "c"), "--steps", "paper", *flags]) == 2
+        assert capsys.readouterr().err.strip() == line
+    assert not (tmp_path / "c").exists() and len(seen) == 2
 
 
 def test_gpu_check_runs_the_untimed_steps_together_and_the_bench_alone(tmp_path, monkeypatch):
