@@ -56,7 +56,8 @@ def protocol(profile: str = "paper") -> dict:
     eval_every, and the task model (``train.<dataset>``); corruptions x severities; forensics
     groups x lambdas x epochs, tiles per search step and per pass (``batch_size``, ``max_batch``);
     optimize modes x intensities;
-    the ``compile`` mode of the training steps; the train stage's ``eval_every_epochs``."""
+    the ``compile`` mode of the training steps and the ``deterministic`` flag; the train stage's
+    ``eval_every_epochs``."""
     from rawdrift.profiles import resolve, validate
     sections = validate(resolve(profile))
     data, train, opt = sections["data"], sections["train"], sections["optimize"]
@@ -64,6 +65,7 @@ def protocol(profile: str = "paper") -> dict:
     fo = sections["forensics"]
     return {
         "profile": profile, "views": len(sections["views"]), "folds": first.folds, "compile": sections["compile"],
+        "deterministic": sections["deterministic"],
         "eval_every_epochs": sections["train_eval_every_epochs"],
         "datasets": {d: {"tiles": data[d].count, "tile": data[d].tile, "batch": train[d].batch_size,
                          "epochs": train[d].epochs, "optimize_epochs": opt[d].epochs, "eval_every": opt[d].eval_every,
@@ -468,6 +470,17 @@ def floor_rates(rates: dict, saturation: dict) -> dict:
             for name, r in rates.items()}
 
 
+def deterministic_rates(rates: dict, determinism: dict) -> dict:
+    """:func:`project_paper`'s rates with the training loop (``train``) slowed by what
+    ``deterministic: true`` cost the training step in :func:`bench_determinism` (same device,
+    same compile mode): the loop as a profile with that setting runs it. The other steps stay as
+    measured (their cost of determinism is not measured), and so do the concurrent folds (eager
+    processes, while the cost is measured in the profile's compile mode). A dataset missing
+    from ``determinism`` (a CPU, where the flag changes nothing) keeps its rates."""
+    return {name: dict(r, train=r["train"] * (1 - determinism[name]["deterministic_cost"]))
+            if name in determinism else dict(r) for name, r in rates.items()}
+
+
 #: Execution modes of the training step that :func:`bench_step_modes` compares (``--step-modes``):
 #: eager with the default (foreach) Adam; eager with the fused Adam kernel (what the engine
 #: steps on CUDA, :func:`rawdrift.training.adam`); ``torch.compile`` with
@@ -708,6 +721,9 @@ def main(argv=None) -> None:
     if saturation:
         projection["floor"] = project_paper(floor_rates(rates, saturation), render["torch_view_images_per_s"],
                                             per_image)
+    if PAPER_PROTOCOL["deterministic"] and determinism:
+        projection["deterministic"] = project_paper(deterministic_rates(rates, determinism),
+                                                    render["torch_view_images_per_s"], per_image)
     result = {"device": device_name(device), "torch": torch.__version__, "runs": runs, "concurrent": concurrent,
               "rates": rates, "training_gflop_per_image": {n: f / 1e9 for n, f in flops.items()},
               "determinism": determinism, "saturation": saturation, "corruptions": corr, "render": render,
@@ -746,6 +762,9 @@ def main(argv=None) -> None:
     print(f"paper protocol: {projection['total_s'] / 60:.0f} min projected, "
           f"{projection['total_concurrent_s'] / 60:.0f} min with concurrent folds (goal 60 min)"
           + ("" if size == PAPER_TILE else f"; rates measured at {size} px and scaled by pixel count"))
+    if "deterministic" in projection:
+        print(f"paper protocol as the profile runs it, deterministic: true (its measured cost on the training "
+              f"loops only): {projection['deterministic']['total_s'] / 60:.0f} min projected")
     for name, sat in saturation.items():
         print(f"{name}: model-only " + ", ".join(f"{r:.0f}" for r in sat["images_per_s"]) + " img/s at batch "
               + ", ".join(map(str, sat["batches"])))

@@ -13,8 +13,8 @@ import yaml
 
 from rawdrift.bench import (PAPER_PROTOCOL, PAPER_TILE, PAPER_TILES, QUICK, bench_concurrent, bench_corruptions,
                             bench_determinism, bench_inference, bench_joint_step, bench_saturation, bench_search,
-                            bench_step_modes, bench_task, compiled_rates, floor_rates, main, project_paper,
-                            search_shape, training_flops, warm_compiles)
+                            bench_step_modes, bench_task, compiled_rates, deterministic_rates, floor_rates, main,
+                            project_paper, search_shape, training_flops, warm_compiles)
 from rawdrift.corruptions import CORRUPTIONS
 from rawdrift.errors import ParamError
 from rawdrift.profiles import load_profile
@@ -43,6 +43,7 @@ def test_protocol_carries_the_profiles_execution_settings():
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert PAPER_PROTOCOL["forensics"]["max_batch"] == paper["forensics"]["max_batch"]
     assert PAPER_PROTOCOL["compile"] == paper.get("compile", base["compile"])
+    assert PAPER_PROTOCOL["deterministic"] is paper.get("deterministic", base["deterministic"])
 
 
 def test_training_flops_grow_with_the_pixel_count():
@@ -52,6 +53,19 @@ def test_training_flops_grow_with_the_pixel_count():
     small, large = (training_flops("microscopy", task["microscopy"]["task"], s) for s in (32, 64))
     assert large / small == pytest.approx(4.0, rel=0.02)
     assert training_flops("drone", task["drone"]["task"], 64) > 5 * large
+
+
+def test_deterministic_rates_slow_the_training_loop_by_its_measured_cost():
+    rates = {"microscopy": {"size": 16, "train": 10.0, "train_concurrent": 20.0, "inference": 3.0, "joint": 4.0,
+                            "search": 5.0},
+             "drone": {"size": 16, "train": 1.0, "inference": 3.0, "joint": 4.0}}
+    det = deterministic_rates(rates, {"microscopy": {"deterministic_cost": 0.25}})
+    assert det["microscopy"] == dict(rates["microscopy"], train=7.5) and det["drone"] == rates["drone"]
+    assert rates["microscopy"]["train"] == 10.0                               # the measured rates untouched
+    slow, fast = project_paper(det, 1.0, 1.0), project_paper(rates, 1.0, 1.0)
+    assert slow["datasets"]["microscopy"]["train"] > fast["datasets"]["microscopy"]["train"]
+    assert slow["datasets"]["microscopy"]["forensics"] == fast["datasets"]["microscopy"]["forensics"]
+    assert slow["datasets"]["drone"] == fast["datasets"]["drone"]
 
 
 def test_saturation_and_floor_rates():
