@@ -6,6 +6,9 @@
   channels_last, bf16 autocast as ``--precision`` resolves it (auto: where native);
 - pipeline: the same network through ``rawdrift.training``'s hot loop (index gather from the
   device-resident view tensor, dihedral augmentation on the device, Normalize, loss, Adam);
+- assembled: the pipeline's model on one batch that gather and augmentation assembled once,
+  stepped again and again (pipeline vs assembled: what assembling each batch costs;
+  assembled vs ceiling: what Normalize and the augmented batch's memory layout cost);
 
 - concurrent: the pipeline with the folds of a stage in one process each on the same device
   (``RAWDRIFT_CONCURRENT_FOLDS=1``), eager, images/s of all of them together, against the bare
@@ -124,9 +127,10 @@ def _steps_per_second(step, device: torch.device, warmup: int, windows: int, ste
 
 def bench_task(dataset: str, cfg_values: dict, size: int, batch: int, device: torch.device, n_data: int = 512,
                warmup: int = 3, windows: int = 3, steps: int = 5, amp: bool | None = None,
-               modes=("ceiling", "pipeline"), compile_mode: str = "none") -> dict:
-    """Images/s of the training step for one task model: ceiling vs rawdrift's pipeline
-    (``modes`` picks which are measured; the ratio needs both), both with the engine's Adam
+               modes=("ceiling", "pipeline", "assembled"), compile_mode: str = "none") -> dict:
+    """Images/s of the training step for one task model: ceiling vs rawdrift's pipeline, and the
+    pipeline's model on a batch assembled once (``modes`` picks which are measured; the ratio
+    needs ceiling and pipeline), all with the engine's Adam
     (:func:`rawdrift.training.adam`) and the step run as ``compile_mode`` says
     (:func:`rawdrift.training.compiled`; the first steps, which compile, are the warm-up)."""
     cfg = task_config(dataset, dict(cfg_values, batch_size=batch))
@@ -143,13 +147,19 @@ def bench_task(dataset: str, cfg_values: dict, size: int, batch: int, device: to
 
             def step():
                 optimisation_step(net, opt, cfg, xb, yb, amp=amp)
+        elif mode == "assembled":
+            xb, yb = dihedral_augment(*_random_data(cfg, batch, size, device, gen), gen)
+            net = compiled(model, compile_mode)
+
+            def step():
+                optimisation_step(net, opt, cfg, xb, yb, amp=amp)
         else:
             step = _pipeline_step(compiled(model, compile_mode), opt, cfg, n_data, size, device, gen, amp)
         results[mode] = batch * _steps_per_second(step, device, warmup, windows, steps)
     out = {"dataset": dataset, "size": size, "batch": batch, "config": cfg.to_dict(), "bf16": amp,
            "compile": compile_mode}
     out.update({f"{m}_images_per_s": r for m, r in results.items()})
-    if len(results) == 2:
+    if {"ceiling", "pipeline"} <= set(results):
         out["ratio"] = results["pipeline"] / results["ceiling"]
     return out
 
@@ -733,7 +743,8 @@ def main(argv=None) -> None:
     out.write_text(json.dumps(result, indent=2) + "\n")
     for r in runs:
         print(f"{r['dataset']}: {r['pipeline_images_per_s']:.0f} img/s through rawdrift vs "
-              f"{r['ceiling_images_per_s']:.0f} model-only ({100 * r['ratio']:.0f} %), {size} px, batch {r['batch']}, "
+              f"{r['ceiling_images_per_s']:.0f} model-only ({100 * r['ratio']:.0f} %; "
+              f"{r['assembled_images_per_s']:.0f} on a batch assembled once), {size} px, batch {r['batch']}, "
               f"{'bf16' if amp else 'fp32'}, {r['training_tflop_per_s']:.1f} TFLOP/s, "
               f"{result['device']}")
     for c in concurrent:

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_bench_measures_both_paths_on_cpu():
     r = bench_task("microscopy", {"classes": 3}, size=16, batch=4, device=CPU, n_data=16, warmup=1, windows=1,
                    steps=1)
-    assert r["ceiling_images_per_s"] > 0 and r["pipeline_images_per_s"] > 0
+    assert r["ceiling_images_per_s"] > 0 and r["pipeline_images_per_s"] > 0 and r["assembled_images_per_s"] > 0
     assert r["ratio"] == pytest.approx(r["pipeline_images_per_s"] / r["ceiling_images_per_s"])
     assert r["compile"] == "none"
     only = bench_task("microscopy", {"classes": 3}, size=16, batch=4, device=CPU, n_data=16, warmup=1, windows=1,
