@@ -481,14 +481,21 @@ def floor_rates(rates: dict, saturation: dict) -> dict:
 
 
 def deterministic_rates(rates: dict, determinism: dict) -> dict:
-    """:func:`project_paper`'s rates with the training loop (``train``) slowed by what
-    ``deterministic: true`` cost the training step in :func:`bench_determinism` (same device,
-    same compile mode): the loop as a profile with that setting runs it. The other steps stay as
-    measured (their cost of determinism is not measured), and so do the concurrent folds (eager
-    processes, while the cost is measured in the profile's compile mode). A dataset missing
-    from ``determinism`` (a CPU, where the flag changes nothing) keeps its rates."""
-    return {name: dict(r, train=r["train"] * (1 - determinism[name]["deterministic_cost"]))
-            if name in determinism else dict(r) for name, r in rates.items()}
+    """:func:`project_paper`'s rates with the training loops (``train`` and, where measured,
+    ``train_concurrent``) slowed by what ``deterministic: true`` cost the training step in
+    :func:`bench_determinism` (same device, the profile's compile mode): the loops as a profile
+    with that setting runs them. The concurrent folds are eager processes, so the same factor
+    is an approximation there (it keeps their gain over one loop, which :func:`project_paper`
+    also gives optimize's joint steps). The inference, joint and search steps stay as measured
+    (their cost of determinism is not measured). A dataset missing from ``determinism`` (a
+    CPU, where the flag changes nothing) keeps its rates."""
+    out = {}
+    for name, r in rates.items():
+        f = 1 - determinism[name]["deterministic_cost"] if name in determinism else 1.0
+        out[name] = dict(r, train=r["train"] * f)
+        if "train_concurrent" in r:
+            out[name]["train_concurrent"] = r["train_concurrent"] * f
+    return out
 
 
 #: Execution modes of the training step that :func:`bench_step_modes` compares (``--step-modes``):
@@ -589,7 +596,7 @@ def search_shape(device: torch.device) -> tuple[int, int]:
 def compiled_rates(dataset: str, cfg_values: dict, size: int, batch: int, device: torch.device, amp: bool,
                    compile_mode: str, quick: bool = False) -> dict:
     """The measurements of one dataset that run in ``compile_mode``: the training step
-    (:func:`bench_task`, ceiling and pipeline), optimize's joint step
+    (:func:`bench_task`, ceiling, pipeline and assembled), optimize's joint step
     (:func:`bench_joint_step`) and forensics' search step (:func:`bench_search`, at
     :func:`search_shape`). ``quick``: each one step at its shapes (:data:`QUICK`), for what it
     compiles, not for its rate (:data:`QUICK_SEARCH` for the search).

@@ -221,22 +221,29 @@ def step_bench(out: Path, timeout: float) -> dict:
                 timeout)
 
 
-def _projected_train_stage(bench_json: Path, dataset: str, epochs: int | None = None) -> dict:
+def _projected_train_stage(bench_json: Path, dataset: str, epochs: int | None = None,
+                           deterministic: bool = False) -> dict:
     """What ``bench_json``'s rates (``make bench``) project for one train stage of ``dataset`` at
     the paper protocol: the projection's train time over the number of views of the protocol it
     projected (its ``protocol`` record), in lockstep and with concurrent folds, and the
-    ``compile`` mode its training steps were measured in; {} without the file. ``epochs``: the
-    stage at that many epochs instead of the protocol's (the projection scales with them: each
-    epoch trains and evaluates the same images)."""
+    ``compile`` mode its training steps were measured in; {} without the file.
+    ``deterministic``: the stage runs ``deterministic: true``, so the projection with its cost
+    (``projection.deterministic``) where the file has one; ``projected_deterministic`` says
+    which was taken. ``epochs``: the stage at that many epochs instead of the protocol's, the
+    projection scaled by their ratio (exact where every epoch is evaluated,
+    ``eval_every_epochs: 1`` as in the paper profile; with sparser evaluations a short stage
+    evaluates relatively more often than the scaling counts)."""
     if not bench_json.is_file():
         return {}
     bench = json.loads(bench_json.read_text())
     protocol = bench["protocol"]
-    proj, views = bench["projection"]["datasets"][dataset], protocol["views"]
+    use_det = deterministic and "deterministic" in bench["projection"]
+    proj = (bench["projection"]["deterministic"] if use_det else bench["projection"])["datasets"][dataset]
     full = protocol["datasets"][dataset]["epochs"]
-    scale = (epochs if epochs is not None else full) / full / views
+    scale = (epochs if epochs is not None else full) / full / protocol["views"]
     return {"projected_s": proj["train"] * scale, "projected_concurrent_s": proj["train_concurrent"] * scale,
-            "projected_compile": protocol.get("compile", "none"), "projected_epochs": epochs or full}
+            "projected_compile": protocol.get("compile", "none"), "projected_epochs": epochs or full,
+            "projected_deterministic": use_det}
 
 
 def step_paper(out: Path, timeout: float, datasets: tuple[str, ...] = PAPER_DATASETS,
@@ -248,8 +255,9 @@ def step_paper(out: Path, timeout: float, datasets: tuple[str, ...] = PAPER_DATA
     ``train.<dataset>.epochs``, for a stage that fits a machine's time limit). Per dataset, ``dvc repro
     render@<dataset>`` (fetch and render), then ``dvc repro train@<dataset>-bi_s_ga`` alone,
     each timed; ``out/paper.json``: {dataset: {"render_s", "train_s", "epochs", "projected_s",
-    "projected_concurrent_s", "projected_compile", "projected_epochs"}, "concurrent_folds": the
-    ``RAWDRIFT_CONCURRENT_FOLDS`` it ran with, "compile": the workspace's ``compile`` param}
+    "projected_concurrent_s", "projected_compile", "projected_epochs",
+    "projected_deterministic"}, "concurrent_folds": the ``RAWDRIFT_CONCURRENT_FOLDS`` it ran
+    with, "compile" and "deterministic": the workspace's params}
     (a projection measured in another mode than the stage ran is no yardstick for it: rerun
     ``make bench`` first; it counts no start-up or compiling, which a stage of few epochs
     pays in full). A dataset whose command fails or runs out of time ends the step."""
@@ -263,7 +271,7 @@ def step_paper(out: Path, timeout: float, datasets: tuple[str, ...] = PAPER_DATA
         if epochs is not None:
             params = profiles.apply(params, {"train": {ds: {"epochs": epochs} for ds in datasets}},
                                     "gpu-check --paper-epochs")
-        report["compile"] = params["compile"]
+        report["compile"], report["deterministic"] = params["compile"], params["deterministic"]
         ws = Path(tempfile.mkdtemp(prefix="rawdrift-gpucheck-paper-")) / "ws"
         demo.create(ws, params=params)
     except Exception as exc:      # noqa: BLE001 - the step fails with the reason in its log, the rest runs
@@ -284,7 +292,7 @@ def step_paper(out: Path, timeout: float, datasets: tuple[str, ...] = PAPER_DATA
                 break
             timings[key] = r["seconds"]
         report[ds] = {**timings, "epochs": params["train"][ds]["epochs"],
-                      **_projected_train_stage(out.parent / "cuda.json", ds, epochs)}
+                      **_projected_train_stage(out.parent / "cuda.json", ds, epochs, params["deterministic"])}
         (out / "paper.json").write_text(json.dumps(report, indent=2) + "\n")
         if result["rc"] != 0:
             break

@@ -60,12 +60,15 @@ def test_deterministic_rates_slow_the_training_loop_by_its_measured_cost():
                             "search": 5.0},
              "drone": {"size": 16, "train": 1.0, "inference": 3.0, "joint": 4.0}}
     det = deterministic_rates(rates, {"microscopy": {"deterministic_cost": 0.25}})
-    assert det["microscopy"] == dict(rates["microscopy"], train=7.5) and det["drone"] == rates["drone"]
+    assert det["microscopy"] == dict(rates["microscopy"], train=7.5, train_concurrent=15.0)
+    assert det["drone"] == rates["drone"] and "train_concurrent" not in det["drone"]
     assert rates["microscopy"]["train"] == 10.0                               # the measured rates untouched
     slow, fast = project_paper(det, 1.0, 1.0), project_paper(rates, 1.0, 1.0)
-    assert slow["datasets"]["microscopy"]["train"] > fast["datasets"]["microscopy"]["train"]
+    for stage in ("train", "optimize", "train_concurrent", "optimize_concurrent"):     # slower, never faster
+        assert slow["datasets"]["microscopy"][stage] > fast["datasets"]["microscopy"][stage]
     assert slow["datasets"]["microscopy"]["forensics"] == fast["datasets"]["microscopy"]["forensics"]
     assert slow["datasets"]["drone"] == fast["datasets"]["drone"]
+    assert slow["total_concurrent_s"] > fast["total_concurrent_s"]
 
 
 def test_saturation_and_floor_rates():

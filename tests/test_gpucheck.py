@@ -147,23 +147,27 @@ def test_gpu_check_paper_step_times_one_train_stage_per_dataset(tmp_path):
     out.mkdir(parents=True)
     (bench / "cuda.json").write_text(json.dumps({
         "protocol": {"views": 12, "datasets": {"microscopy": {"epochs": 100}}},
-        "projection": {"datasets": {"microscopy": {"train": 1200.0, "train_concurrent": 600.0}}}}))
+        "projection": {"datasets": {"microscopy": {"train": 1200.0, "train_concurrent": 600.0}},
+                       "deterministic": {"datasets": {"microscopy": {"train": 2400.0, "train_concurrent": 1200.0}}}}}))
     tiny = {"device": "cpu", "views": ["bi_s_ga", "ma_s_ga"],
             "data": {"folds": 2, "microscopy": {"count": 18, "tile": 32}},
             "train": {"microscopy": {"batch_size": 6}}}
-    r = gpucheck.step_paper(out, 600, datasets=("microscopy",), overrides=tiny, epochs=2)
+    r = gpucheck.step_paper(out, 600, datasets=("microscopy",), overrides=tiny, epochs=1)
     assert r["rc"] == 0, Path(r["log"]).read_text()[-2000:]
     report = json.loads((out / "paper.json").read_text())
     m = report["microscopy"]
-    assert m["render_s"] > 0 and m["train_s"] > 0 and m["epochs"] == m["projected_epochs"] == 2
-    assert m["projected_s"] == pytest.approx(1200.0 / 12 * 2 / 100)              # one view's stage at 2 epochs of 100
-    assert m["projected_concurrent_s"] == pytest.approx(600.0 / 12 * 2 / 100)
+    assert m["render_s"] > 0 and m["train_s"] > 0 and m["epochs"] == m["projected_epochs"] == 1
+    assert report["deterministic"] is resolve("paper", ROOT)["deterministic"] is True
+    assert m["projected_deterministic"]                        # the stage runs deterministic: true: its projection
+    assert m["projected_s"] == pytest.approx(2400.0 / 12 / 100)                   # one view's stage, 1 epoch of 100
+    assert m["projected_concurrent_s"] == pytest.approx(1200.0 / 12 / 100)
     assert m["projected_compile"] == "none" and report["compile"] == resolve("paper", ROOT)["compile"]
-    assert gpucheck._projected_train_stage(bench / "cuda.json", "microscopy")["projected_s"] == pytest.approx(100.0)
+    fast = gpucheck._projected_train_stage(bench / "cuda.json", "microscopy")
+    assert fast["projected_s"] == pytest.approx(100.0) and not fast["projected_deterministic"]
     ws = Path(r["workspace"])
     params = yaml.safe_load((ws / "params.yaml").read_text())
     assert params["train"]["microscopy"]["lr"] == 0.0001 and params["data"]["microscopy"]["tile"] == 32
-    assert params["train"]["microscopy"]["epochs"] == 2 and params["train"]["drone"]["epochs"] == 100
+    assert params["train"]["microscopy"]["epochs"] == 1 and params["train"]["drone"]["epochs"] == 100
     assert (ws / "metrics/train/microscopy/bi_s_ga.json").is_file()
     assert not (ws / "metrics/train/microscopy/ma_s_ga.json").exists()       # one train stage, not the matrix
     assert "Running stage 'train@microscopy-bi_s_ga'" in Path(r["log"]).read_text()
