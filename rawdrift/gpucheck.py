@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--paper-epochs", type=int, default=None,
                     help="the paper step's train stages at this many epochs (default: the paper profile's, 100)")
     args = ap.parse_args(argv)
-    paper_datasets = tuple(d for d in args.paper_datasets.split(",") if d)
+    paper_datasets = tuple(dict.fromkeys(d for d in args.paper_datasets.split(",") if d))
     if not paper_datasets or any(d not in PAPER_DATASETS for d in paper_datasets):
         print(f"make gpu-check: --paper-datasets: {args.paper_datasets!r}: of {', '.join(PAPER_DATASETS)}",
               file=sys.stderr)
@@ -341,6 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in steps if s not in STEPS + OPTIONAL_STEPS]
     if unknown:
         print(f"make gpu-check: unknown step {unknown[0]!r} (steps: {', '.join(STEPS + OPTIONAL_STEPS)})",
+              file=sys.stderr)
+        return 2
+    if "paper" not in steps and (args.paper_epochs is not None or paper_datasets != PAPER_DATASETS):
+        print("make gpu-check: --paper-datasets and --paper-epochs: only with the paper step (--steps paper)",
               file=sys.stderr)
         return 2
     runners = dict(RUNNERS)

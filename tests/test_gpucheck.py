@@ -186,15 +186,20 @@ def test_gpu_check_paper_flags_reach_the_paper_step_or_are_refused(tmp_path, mon
     monkeypatch.setitem(gpucheck.RUNNERS, "paper", paper)
     assert gpucheck.main(["--out", str(tmp_path / "a"), "--steps", "paper", "--paper-datasets", "drone",
                           "--paper-epochs", "10"]) == 0
+    assert gpucheck.main(["--out", str(tmp_path / "b"), "--steps", "paper", "--paper-datasets", "drone,drone"]) == 0
     assert gpucheck.main(["--out", str(tmp_path / "b"), "--steps", "paper"]) == 0
-    assert seen == [{"datasets": ("drone",), "epochs": 10}, {"datasets": gpucheck.PAPER_DATASETS, "epochs": None}]
+    assert seen == [{"datasets": ("drone",), "epochs": 10}, {"datasets": ("drone",), "epochs": None},
+                    {"datasets": gpucheck.PAPER_DATASETS, "epochs": None}]
     capsys.readouterr()
     for flags, line in ((["--paper-datasets", "drone,sky"], "make gpu-check: --paper-datasets: 'drone,sky': of "
                          "microscopy, drone"),
                         (["--paper-epochs", "0"], "make gpu-check: --paper-epochs: 0: at least 1")):
         assert gpucheck.main(["--out", str(tmp_path / "c"), "--steps", "paper", *flags]) == 2
         assert capsys.readouterr().err.strip() == line
-    assert not (tmp_path / "c").exists() and len(seen) == 2
+    assert gpucheck.main(["--out", str(tmp_path / "c"), "--paper-epochs", "5"]) == 2      # no paper step to shorten
+    assert capsys.readouterr().err.strip() == ("make gpu-check: --paper-datasets and --paper-epochs: only with the "
+                                               "paper step (--steps paper)")
+    assert not (tmp_path / "c").exists() and len(seen) == 3
 
 
 def test_gpu_check_runs_the_untimed_steps_together_and_the_bench_alone(tmp_path, monkeypatch):
