@@ -758,11 +758,11 @@ def main(argv=None) -> None:
         print(f"{c['dataset']}: {c['processes']} folds at once, eager: {c['images_per_s']:.0f} img/s together "
               f"({c['speedup']:.2f}x one loop) vs {c['ceiling_at_summed_batch_images_per_s']:.0f} model-only at batch "
               f"{c['batch'] * c['processes']}")
+    tiles, searches = search_shape(device)
     for name, r in rates.items():
         if "search_eager" in r:
             print(f"{name}: forensics' search step {r['search']:.0f} img/s ({mode}) vs {r['search_eager']:.0f} eager "
-                  f"({r['search'] / r['search_eager']:.2f}x), {search_shape(device)[1]} searches of "
-                  f"{search_shape(device)[0]} tiles a pass")
+                  f"({r['search'] / r['search_eager']:.2f}x), {searches} searches of {tiles} tiles a pass")
     for name, d in determinism.items():
         print(f"{name}: deterministic: true costs {100 * d['deterministic_cost']:.0f} % of the training step "
               f"(compile: {d['compile']}) "

@@ -56,6 +56,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rawdrift.io import write_json
+from rawdrift.params import DATASETS
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_CUDA = "make gpu-check: no CUDA device (torch.cuda.is_available() is false)"
@@ -70,8 +71,6 @@ SIDE_NICENESS = 10
 OPTIONAL_STEPS = ("paper",)
 #: The view whose train stage the ``paper`` step times (forensics starts from it).
 PAPER_VIEW = "bi_s_ga"
-#: The datasets whose train stage the ``paper`` step times, in turn (by default all of them).
-PAPER_DATASETS = ("microscopy", "drone")
 #: The tests step runs the tests marked so (pytest.ini): all of tests/test_cuda.py and the
 #: CUDA case of tests/conftest.py's ``device`` fixture.
 TEST_MARKER = "cuda"
@@ -246,7 +245,7 @@ def _projected_train_stage(bench_json: Path, dataset: str, epochs: int | None = 
             "projected_deterministic": use_det}
 
 
-def step_paper(out: Path, timeout: float, datasets: tuple[str, ...] = PAPER_DATASETS,
+def step_paper(out: Path, timeout: float, datasets: tuple[str, ...] = DATASETS,
                overrides: dict | None = None, epochs: int | None = None) -> dict:
     """One paper-size train stage per dataset, timed (``train@<dataset>-bi_s_ga``).
 
@@ -324,14 +323,14 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"comma-separated, of {','.join(STEPS + OPTIONAL_STEPS)} (default {','.join(STEPS)})")
     ap.add_argument("--serial", action="store_true",
                     help=f"one step at a time (default: {' and '.join(UNTIMED_STEPS)} together, then the rest)")
-    ap.add_argument("--paper-datasets", default=",".join(PAPER_DATASETS),
-                    help=f"the paper step's datasets, comma-separated, in turn (default {','.join(PAPER_DATASETS)})")
+    ap.add_argument("--paper-datasets", default=",".join(DATASETS),
+                    help=f"the paper step's datasets, comma-separated, in turn (default {','.join(DATASETS)})")
     ap.add_argument("--paper-epochs", type=int, default=None,
                     help="the paper step's train stages at this many epochs (default: the paper profile's, 100)")
     args = ap.parse_args(argv)
     paper_datasets = tuple(dict.fromkeys(d for d in args.paper_datasets.split(",") if d))
-    if not paper_datasets or any(d not in PAPER_DATASETS for d in paper_datasets):
-        print(f"make gpu-check: --paper-datasets: {args.paper_datasets!r}: of {', '.join(PAPER_DATASETS)}",
+    if not paper_datasets or any(d not in DATASETS for d in paper_datasets):
+        print(f"make gpu-check: --paper-datasets: {args.paper_datasets!r}: of {', '.join(DATASETS)}",
               file=sys.stderr)
         return 2
     if args.paper_epochs is not None and args.paper_epochs < 1:
@@ -343,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make gpu-check: unknown step {unknown[0]!r} (steps: {', '.join(STEPS + OPTIONAL_STEPS)})",
               file=sys.stderr)
         return 2
-    if "paper" not in steps and (args.paper_epochs is not None or paper_datasets != PAPER_DATASETS):
+    if "paper" not in steps and (args.paper_epochs is not None or paper_datasets != DATASETS):
         print("make gpu-check: --paper-datasets and --paper-epochs: only with the paper step (--steps paper)",
               file=sys.stderr)
         return 2

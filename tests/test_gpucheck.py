@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from rawdrift.params import DATASETS
 from rawdrift.profiles import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,7 +190,7 @@ def test_gpu_check_paper_flags_reach_the_paper_step_or_are_refused(tmp_path, mon
     assert gpucheck.main(["--out", str(tmp_path / "b"), "--steps", "paper", "--paper-datasets", "drone,drone"]) == 0
     assert gpucheck.main(["--out", str(tmp_path / "b"), "--steps", "paper"]) == 0
     assert seen == [{"datasets": ("drone",), "epochs": 10}, {"datasets": ("drone",), "epochs": None},
-                    {"datasets": gpucheck.PAPER_DATASETS, "epochs": None}]
+                    {"datasets": DATASETS, "epochs": None}]
     capsys.readouterr()
     for flags, line in ((["--paper-datasets", "drone,sky"], "make gpu-check: --paper-datasets: 'drone,sky': of "
                          "microscopy, drone"),
