@@ -26,7 +26,9 @@ paper"``): ``paper``, one paper-size train stage per dataset (``train@<dataset>-
 and then the train stage alone, timed: ``bench/gpu-check/paper.json``, next to what
 ``bench/cuda.json``'s rates project for that stage when that file is there;
 ``--paper-datasets`` picks the datasets and ``--paper-epochs`` shortens the stages (the
-projection scaled to match), for a machine whose time limit a whole stage would pass.
+projection scaled to match), for a machine whose time limit a whole stage would pass;
+``--paper-set KEY=VALUE`` sets a param over the profile as ``dvc exp run -S`` does (e.g.
+``deterministic=false``: the fast path, its projection to match).
 
 Each step's output goes to ``bench/gpu-check/<step>.log``; ``bench/gpu-check/report.json``
 records every step's exit status and seconds, the device, and the torch, Python and numpy
@@ -55,6 +57,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from rawdrift.errors import RawdriftError
 from rawdrift.io import write_json
 from rawdrift.params import DATASETS
 
@@ -236,13 +239,23 @@ def _projected_train_stage(bench_json: Path, dataset: str, epochs: int | None = 
         return {}
     bench = json.loads(bench_json.read_text())
     protocol = bench["protocol"]
+    where = bench_json.resolve()
     use_det = deterministic and "deterministic" in bench["projection"]
     proj = (bench["projection"]["deterministic"] if use_det else bench["projection"])["datasets"][dataset]
     full = protocol["datasets"][dataset]["epochs"]
     scale = (epochs if epochs is not None else full) / full / protocol["views"]
     return {"projected_s": proj["train"] * scale, "projected_concurrent_s": proj["train_concurrent"] * scale,
             "projected_compile": protocol.get("compile", "none"), "projected_epochs": epochs or full,
-            "projected_deterministic": use_det}
+            "projected_deterministic": use_det, "projected_device": bench.get("device"),
+            "projected_from": str(where.relative_to(ROOT) if where.is_relative_to(ROOT) else where)}
+
+
+def projection_file(out: Path) -> Path:
+    """The ``cuda.json`` whose rates the ``paper`` step's stages are set against: the one this
+    run's ``bench`` wrote (``out``'s parent) if there is one, else the repository's committed
+    ``bench/cuda.json`` (which may be of another GPU: ``projected_device`` says which)."""
+    here = out.parent / "cuda.json"
+    return here if here.is_file() else ROOT / "bench" / "cuda.json"
 
 
 def step_paper(out: Path, timeout: float, datasets: tuple[str, ...] = DATASETS,
@@ -251,11 +264,12 @@ def step_paper(out: Path, timeout: float, datasets: tuple[str, ...] = DATASETS,
 
     The workspace is ``profiles/paper.yaml`` over ``params.yaml`` (``overrides`` laid over that,
     as a profile: e.g. a small size for a test on the CPU; ``epochs``: every dataset's
-    ``train.<dataset>.epochs``, for a stage that fits a machine's time limit). Per dataset, ``dvc repro
+    ``train.<dataset>.epochs``, for a stage that fits a machine's time limit), validated as
+    the stages read them. Per dataset, ``dvc repro
     render@<dataset>`` (fetch and render), then ``dvc repro train@<dataset>-bi_s_ga`` alone,
     each timed; ``out/paper.json``: {dataset: {"render_s", "train_s", "epochs", "projected_s",
     "projected_concurrent_s", "projected_compile", "projected_epochs",
-    "projected_deterministic"}, "concurrent_folds": the ``RAWDRIFT_CONCURRENT_FOLDS`` it ran
+    "projected_deterministic", "projected_device", "projected_from"}, "concurrent_folds": the ``RAWDRIFT_CONCURRENT_FOLDS`` it ran
     with, "compile" and "deterministic": the workspace's params}
     (a projection measured in another mode than the stage ran is no yardstick for it: rerun
     ``make bench`` first; it counts no start-up or compiling, which a stage of few epochs
@@ -270,6 +284,7 @@ def step_paper(out: Path, timeout: float, datasets: tuple[str, ...] = DATASETS,
         if epochs is not None:
             params = profiles.apply(params, {"train": {ds: {"epochs": epochs} for ds in datasets}},
                                     "gpu-check --paper-epochs")
+        profiles.validate(params, "gpu-check's paper params")
         report["compile"], report["deterministic"] = params["compile"], params["deterministic"]
         ws = Path(tempfile.mkdtemp(prefix="rawdrift-gpucheck-paper-")) / "ws"
         demo.create(ws, params=params)
@@ -291,7 +306,7 @@ def step_paper(out: Path, timeout: float, datasets: tuple[str, ...] = DATASETS,
                 break
             timings[key] = r["seconds"]
         report[ds] = {**timings, "epochs": params["train"][ds]["epochs"],
-                      **_projected_train_stage(out.parent / "cuda.json", ds, epochs, params["deterministic"])}
+                      **_projected_train_stage(projection_file(out), ds, epochs, params["deterministic"])}
         (out / "paper.json").write_text(json.dumps(report, indent=2) + "\n")
         if result["rc"] != 0:
             break
@@ -302,6 +317,28 @@ def step_paper(out: Path, timeout: float, datasets: tuple[str, ...] = DATASETS,
 
 #: step name -> function(results folder, seconds left) -> {"step", "rc", "seconds", "log", ...}
 RUNNERS = {"tests": step_tests, "repro": step_repro, "warm": step_warm, "bench": step_bench, "paper": step_paper}
+
+
+def paper_overrides(settings: list[str]) -> dict:
+    """``["deterministic=false", "train.drone.lr=1e-4"]`` -> ``{"deterministic": False,
+    "train.drone.lr": 0.0001}`` (dotted keys, as :func:`rawdrift.profiles.apply` takes them),
+    checked over ``profiles/paper.yaml`` as the stages read them; a setting without ``=``, a key
+    that is no param or a value a param refuses is a one-line error naming it."""
+    from rawdrift import profiles
+    from rawdrift.params import parse_value
+    out: dict = {}
+    for setting in settings:
+        key, eq, text = setting.partition("=")
+        if not eq or not key.strip():
+            raise RawdriftError(f"--paper-set: {setting!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = parse_value(text)
+        except RawdriftError as exc:
+            raise RawdriftError(f"--paper-set: {key.strip()}: {exc}") from None
+    if out:
+        profiles.validate(profiles.apply(profiles.resolve("paper", ROOT), out, "--paper-set"),
+                          "--paper-set over profiles/paper.yaml")
+    return out
 
 
 def environment() -> dict:
@@ -327,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"the paper step's datasets, comma-separated, in turn (default {','.join(DATASETS)})")
     ap.add_argument("--paper-epochs", type=int, default=None,
                     help="the paper step's train stages at this many epochs (default: the paper profile's, 100)")
+    ap.add_argument("--paper-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a param of the paper step's workspace over profiles/paper.yaml, as dvc exp run -S "
+                         "(e.g. deterministic=false); repeatable")
     args = ap.parse_args(argv)
     paper_datasets = tuple(dict.fromkeys(d for d in args.paper_datasets.split(",") if d))
     if not paper_datasets or any(d not in DATASETS for d in paper_datasets):
@@ -342,13 +382,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make gpu-check: unknown step {unknown[0]!r} (steps: {', '.join(STEPS + OPTIONAL_STEPS)})",
               file=sys.stderr)
         return 2
-    if "paper" not in steps and (args.paper_epochs is not None or paper_datasets != DATASETS):
-        print("make gpu-check: --paper-datasets and --paper-epochs: only with the paper step (--steps paper)",
-              file=sys.stderr)
+    if "paper" not in steps and (args.paper_epochs is not None or paper_datasets != DATASETS or args.paper_set):
+        print("make gpu-check: --paper-datasets, --paper-epochs and --paper-set: only with the paper step "
+              "(--steps paper)", file=sys.stderr)
         return 2
     runners = dict(RUNNERS)
     if "paper" in steps:
-        runners["paper"] = functools.partial(RUNNERS["paper"], datasets=paper_datasets, epochs=args.paper_epochs)
+        try:
+            overrides = paper_overrides(args.paper_set)
+        except RawdriftError as exc:
+            print(f"make gpu-check: {exc}", file=sys.stderr)
+            return 2
+        runners["paper"] = functools.partial(RUNNERS["paper"], datasets=paper_datasets, epochs=args.paper_epochs,
+                                             overrides=overrides)
     if not cuda_available():
         print(NO_CUDA, file=sys.stderr)
         return 2

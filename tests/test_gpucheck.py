@@ -163,6 +163,7 @@ def test_gpu_check_paper_step_times_one_train_stage_per_dataset(tmp_path):
     assert m["projected_s"] == pytest.approx(2400.0 / 12 / 100)                   # one view's stage, 1 epoch of 100
     assert m["projected_concurrent_s"] == pytest.approx(1200.0 / 12 / 100)
     assert m["projected_compile"] == "none" and report["compile"] == resolve("paper", ROOT)["compile"]
+    assert m["projected_from"] == str(bench / "cuda.json") and m["projected_device"] is None
     fast = gpucheck._projected_train_stage(bench / "cuda.json", "microscopy")
     assert fast["projected_s"] == pytest.approx(100.0) and not fast["projected_deterministic"]
     ws = Path(r["workspace"])
@@ -189,18 +190,50 @@ def test_gpu_check_paper_flags_reach_the_paper_step_or_are_refused(tmp_path, mon
                           "--paper-epochs", "10"]) == 0
     assert gpucheck.main(["--out", str(tmp_path / "b"), "--steps", "paper", "--paper-datasets", "drone,drone"]) == 0
     assert gpucheck.main(["--out", str(tmp_path / "b"), "--steps", "paper"]) == 0
-    assert seen == [{"datasets": ("drone",), "epochs": 10}, {"datasets": ("drone",), "epochs": None},
-                    {"datasets": DATASETS, "epochs": None}]
+    assert gpucheck.main(["--out", str(tmp_path / "b"), "--steps", "paper", "--paper-set", "deterministic=false",
+                          "--paper-set", "train.drone.lr=1e-4"]) == 0
+    assert seen == [{"datasets": ("drone",), "epochs": 10, "overrides": {}},
+                    {"datasets": ("drone",), "epochs": None, "overrides": {}},
+                    {"datasets": DATASETS, "epochs": None, "overrides": {}},
+                    {"datasets": DATASETS, "epochs": None,
+                     "overrides": {"deterministic": False, "train.drone.lr": 1e-4}}]
+    assert isinstance(seen[-1]["overrides"]["train.drone.lr"], float)          # YAML 1.2, as dvc exp run -S
     capsys.readouterr()
     for flags, line in ((["--paper-datasets", "drone,sky"], "make gpu-check: --paper-datasets: 'drone,sky': of "
                          "microscopy, drone"),
-                        (["--paper-epochs", "0"], "make gpu-check: --paper-epochs: 0: at least 1")):
+                        (["--paper-epochs", "0"], "make gpu-check: --paper-epochs: 0: at least 1"),
+                        (["--paper-set", "deterministic"], "make gpu-check: --paper-set: 'deterministic': expected "
+                         "KEY=VALUE"),
+                        (["--paper-set", "train.drone.lrate=1"], "make gpu-check: --paper-set: train.drone.lrate: "
+                         "not a param of params.yaml"),
+                        (["--paper-set", "train.drone.epochs=0"], "make gpu-check: --paper-set over "
+                         "profiles/paper.yaml: train.drone.epochs: must be an integer >= 1, got 0"),
+                        (["--paper-set", "views=[bi_s_ga,"], "make gpu-check: --paper-set: views: '[bi_s_ga,': "
+                         "malformed YAML value")):
         assert gpucheck.main(["--out", str(tmp_path / "c"), "--steps", "paper", *flags]) == 2
         assert capsys.readouterr().err.strip() == line
-    assert gpucheck.main(["--out", str(tmp_path / "c"), "--paper-epochs", "5"]) == 2      # no paper step to shorten
-    assert capsys.readouterr().err.strip() == ("make gpu-check: --paper-datasets and --paper-epochs: only with the "
-                                               "paper step (--steps paper)")
-    assert not (tmp_path / "c").exists() and len(seen) == 3
+    for flags in (["--paper-epochs", "5"], ["--paper-set", "deterministic=false"]):   # no paper step to change
+        assert gpucheck.main(["--out", str(tmp_path / "c"), *flags]) == 2
+        assert capsys.readouterr().err.strip() == ("make gpu-check: --paper-datasets, --paper-epochs and "
+                                                   "--paper-set: only with the paper step (--steps paper)")
+    assert not (tmp_path / "c").exists() and len(seen) == 4
+
+
+def test_gpu_check_paper_step_sets_its_stages_against_this_runs_bench_or_the_committed_one(tmp_path, monkeypatch):
+    from rawdrift import gpucheck
+    bench = tmp_path / "bench"
+    (bench / "gpu-check").mkdir(parents=True)
+    assert gpucheck.projection_file(bench / "gpu-check") == ROOT / "bench" / "cuda.json"
+    (bench / "cuda.json").write_text(json.dumps({
+        "device": "NVIDIA X", "protocol": {"views": 12, "datasets": {"drone": {"epochs": 100}}},
+        "projection": {"datasets": {"drone": {"train": 2400.0, "train_concurrent": 3600.0}}}}))
+    assert gpucheck.projection_file(bench / "gpu-check") == bench / "cuda.json"
+    m = gpucheck._projected_train_stage(bench / "cuda.json", "drone", epochs=10, deterministic=True)
+    assert m["projected_s"] == pytest.approx(2400.0 / 12 * 10 / 100)              # one view, 10 epochs of 100
+    assert m["projected_concurrent_s"] == pytest.approx(3600.0 / 12 * 10 / 100)
+    assert not m["projected_deterministic"] and m["projected_device"] == "NVIDIA X"   # no deterministic projection
+    monkeypatch.setattr(gpucheck, "ROOT", tmp_path)
+    assert gpucheck._projected_train_stage(bench / "cuda.json", "drone")["projected_from"] == "bench/cuda.json"
 
 
 def test_gpu_check_runs_the_untimed_steps_together_and_the_bench_alone(tmp_path, monkeypatch):
