@@ -325,14 +325,13 @@ def paper_overrides(settings: list[str]) -> dict:
     checked over ``profiles/paper.yaml`` as the stages read them; a setting without ``=``, a key
     that is no param or a value a param refuses is a one-line error naming it."""
     from rawdrift import profiles
-    from rawdrift.params import parse_value
     out: dict = {}
     for setting in settings:
         key, eq, text = setting.partition("=")
         if not eq or not key.strip():
             raise RawdriftError(f"--paper-set: {setting!r}: expected KEY=VALUE")
         try:
-            out[key.strip()] = parse_value(text)
+            out[key.strip()] = profiles.parse_value(text)
         except RawdriftError as exc:
             raise RawdriftError(f"--paper-set: {key.strip()}: {exc}") from None
     if out:

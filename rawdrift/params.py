@@ -64,15 +64,6 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
-def parse_value(text: str) -> Any:
-    """One param value as ``dvc exp run -S key=value`` reads it: YAML 1.2 flow (``1e-4`` a float,
-    ``false`` a bool, ``[256,128]`` a list, anything else a string); malformed YAML is an error."""
-    try:
-        return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError:
-        raise RawdriftError(f"{text!r}: malformed YAML value") from None
-
-
 def load_params(path: str | Path = "params.yaml") -> dict:
     """Parse params.yaml into a dict; a missing or malformed file is a one-line error."""
     path = Path(path)

@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from rawdrift import checks, params as P
 from rawdrift.errors import RawdriftError
 
@@ -122,6 +124,16 @@ def yaml_value(value: Any) -> str:
     if isinstance(value, str):
         return value
     raise RawdriftError(f"cannot pass {value!r} to dvc exp run -S")
+
+
+def parse_value(text: str) -> Any:
+    """:func:`yaml_value` backwards: one value as ``dvc exp run -S key=value`` reads it, YAML 1.2
+    flow as ``params.yaml`` is read (``1e-4`` a float, ``false`` a bool, ``[256,128]`` a list,
+    anything else a string); malformed YAML is a one-line error."""
+    try:
+        return yaml.load(text, Loader=P._Loader)
+    except yaml.YAMLError:
+        raise RawdriftError(f"{text!r}: malformed YAML value") from None
 
 
 def dvc_args(profile: dict) -> list[str]:

@@ -13,7 +13,7 @@ import yaml
 
 from rawdrift.errors import RawdriftError
 from rawdrift.params import load_params
-from rawdrift.profiles import apply, dvc_args, load_profile, overrides, resolve, validate
+from rawdrift.profiles import apply, dvc_args, load_profile, overrides, parse_value, resolve, validate, yaml_value
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,6 +52,15 @@ def test_overrides_and_apply():
         apply(base, {"data": {"drone": {"cout": 1}}}, "x.yaml")
     with pytest.raises(RawdriftError, match=r"^x.yaml: model.depth: not a param of params.yaml$"):
         apply(base, {"model": {"depth": 1}}, "x.yaml")
+
+
+def test_parse_value_reads_back_what_yaml_value_writes():
+    for value in (7.5e-05, 1e-4, 3, True, False, "reduce-overhead", [256, 128, 64], [1.0, 0.01], "bi_s_ga"):
+        back = parse_value(yaml_value(value))
+        assert back == value and type(back) is type(value)
+    assert parse_value("1e-3") == pytest.approx(0.001) and parse_value("[a, b]") == ["a", "b"]
+    with pytest.raises(RawdriftError, match=r"^'\[1,': malformed YAML value$"):
+        parse_value("[1,")
 
 
 def _workspace(tmp_path: Path, profile: dict) -> Path:
