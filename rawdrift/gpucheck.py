@@ -243,9 +243,10 @@ def _projected_train_stage(bench_json: Path, dataset: str, epochs: int | None = 
     use_det = deterministic and "deterministic" in bench["projection"]
     proj = (bench["projection"]["deterministic"] if use_det else bench["projection"])["datasets"][dataset]
     full = protocol["datasets"][dataset]["epochs"]
-    scale = (epochs if epochs is not None else full) / full / protocol["views"]
+    epochs = full if epochs is None else epochs
+    scale = epochs / full / protocol["views"]
     return {"projected_s": proj["train"] * scale, "projected_concurrent_s": proj["train_concurrent"] * scale,
-            "projected_compile": protocol.get("compile", "none"), "projected_epochs": epochs or full,
+            "projected_compile": protocol.get("compile", "none"), "projected_epochs": epochs,
             "projected_deterministic": use_det, "projected_device": bench.get("device"),
             "projected_from": str(where.relative_to(ROOT) if where.is_relative_to(ROOT) else where)}
 
@@ -258,33 +259,42 @@ def projection_file(out: Path) -> Path:
     return here if here.is_file() else ROOT / "bench" / "cuda.json"
 
 
+def paper_params(overrides: dict | None = None, epochs: int | None = None,
+                 datasets: tuple[str, ...] = DATASETS) -> dict:
+    """The ``paper`` step's params: ``profiles/paper.yaml`` over ``params.yaml``, ``overrides``
+    over that (nested as a profile, or dotted keys as ``--paper-set`` gives them), and
+    ``epochs`` as every one of ``datasets``' ``train.<dataset>.epochs``; validated as the stages
+    read them (a one-line :class:`RawdriftError` naming the param)."""
+    from rawdrift import profiles
+    params = profiles.apply(profiles.resolve("paper", ROOT), overrides or {}, "--paper-set")
+    if epochs is not None:
+        params = profiles.apply(params, {"train": {ds: {"epochs": epochs} for ds in datasets}}, "--paper-epochs")
+    profiles.validate(params, "--paper-set over profiles/paper.yaml")
+    return params
+
+
 def step_paper(out: Path, timeout: float, datasets: tuple[str, ...] = DATASETS,
                overrides: dict | None = None, epochs: int | None = None) -> dict:
     """One paper-size train stage per dataset, timed (``train@<dataset>-bi_s_ga``).
 
-    The workspace is ``profiles/paper.yaml`` over ``params.yaml`` (``overrides`` laid over that,
-    as a profile: e.g. a small size for a test on the CPU; ``epochs``: every dataset's
-    ``train.<dataset>.epochs``, for a stage that fits a machine's time limit), validated as
-    the stages read them. Per dataset, ``dvc repro
-    render@<dataset>`` (fetch and render), then ``dvc repro train@<dataset>-bi_s_ga`` alone,
-    each timed; ``out/paper.json``: {dataset: {"render_s", "train_s", "epochs", "projected_s",
-    "projected_concurrent_s", "projected_compile", "projected_epochs",
-    "projected_deterministic", "projected_device", "projected_from"}, "concurrent_folds": the ``RAWDRIFT_CONCURRENT_FOLDS`` it ran
-    with, "compile" and "deterministic": the workspace's params}
+    The workspace's params are :func:`paper_params` (``overrides``: e.g. a small size for a
+    test on the CPU; ``epochs``: for a stage that fits a machine's time limit). Per dataset,
+    ``dvc repro render@<dataset>`` (fetch and render), then ``dvc repro
+    train@<dataset>-bi_s_ga`` alone, each timed; ``out/paper.json``: {dataset: {"render_s",
+    "train_s", "epochs", "projected_s", "projected_concurrent_s", "projected_compile",
+    "projected_epochs", "projected_deterministic", "projected_device", "projected_from"},
+    "concurrent_folds": the ``RAWDRIFT_CONCURRENT_FOLDS`` it ran with, "compile" and
+    "deterministic": the workspace's params}
     (a projection measured in another mode than the stage ran is no yardstick for it: rerun
     ``make bench`` first; it counts no start-up or compiling, which a stage of few epochs
     pays in full). A dataset whose command fails or runs out of time ends the step."""
-    from rawdrift import demo, profiles
+    from rawdrift import demo
     log = out / "paper.log"
     start = time.perf_counter()
     result = {"step": "paper", "rc": 0, "seconds": 0.0, "log": str(log)}
     report: dict = {"concurrent_folds": os.environ.get("RAWDRIFT_CONCURRENT_FOLDS", "0")}
     try:
-        params = profiles.apply(profiles.resolve("paper", ROOT), overrides or {}, "gpu-check paper overrides")
-        if epochs is not None:
-            params = profiles.apply(params, {"train": {ds: {"epochs": epochs} for ds in datasets}},
-                                    "gpu-check --paper-epochs")
-        profiles.validate(params, "gpu-check's paper params")
+        params = paper_params(overrides, epochs, datasets)
         report["compile"], report["deterministic"] = params["compile"], params["deterministic"]
         ws = Path(tempfile.mkdtemp(prefix="rawdrift-gpucheck-paper-")) / "ws"
         demo.create(ws, params=params)
@@ -322,8 +332,8 @@ RUNNERS = {"tests": step_tests, "repro": step_repro, "warm": step_warm, "bench":
 def paper_overrides(settings: list[str]) -> dict:
     """``["deterministic=false", "train.drone.lr=1e-4"]`` -> ``{"deterministic": False,
     "train.drone.lr": 0.0001}`` (dotted keys, as :func:`rawdrift.profiles.apply` takes them),
-    checked over ``profiles/paper.yaml`` as the stages read them; a setting without ``=``, a key
-    that is no param or a value a param refuses is a one-line error naming it."""
+    checked by :func:`paper_params` before any step runs; a setting without ``=``, a key that
+    is no param or a value a param refuses is a one-line error naming it."""
     from rawdrift import profiles
     out: dict = {}
     for setting in settings:
@@ -335,8 +345,7 @@ def paper_overrides(settings: list[str]) -> dict:
         except RawdriftError as exc:
             raise RawdriftError(f"--paper-set: {key.strip()}: {exc}") from None
     if out:
-        profiles.validate(profiles.apply(profiles.resolve("paper", ROOT), out, "--paper-set"),
-                          "--paper-set over profiles/paper.yaml")
+        paper_params(out)
     return out
 
 
